@@ -1,0 +1,50 @@
+"""The `umbrafs` command group.  Each package's commands live in their own module."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from fs.errors import UmbrafsError
+
+from . import exitcodes
+from .state import State, default_home
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory (keys, mount records, logs). Default: $UMBRAFS_HOME or $XDG_STATE_HOME/umbrafs.",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def umbrafs(ctx: click.Context, home: Path | None, verbose: int) -> None:
+    """umbrafs: an encrypted, shareable drive."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = State(home or default_home())
+
+
+def _register() -> None:
+    from . import vault_cmds
+
+    for command in vault_cmds.COMMANDS:
+        umbrafs.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        umbrafs.main(prog_name="umbrafs")
+    except UmbrafsError as exc:
+        click.echo(f"umbrafs: {exc}", err=True)
+        sys.exit(exitcodes.for_error(exc))
+    except KeyboardInterrupt:
+        click.echo("umbrafs: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,99 @@
+"""System calls on the backing directory.
+
+Every path is relative to the vault's root descriptor and every final
+component is opened without following symlinks: the backing dir may be
+writable by others (a synced folder), and we never want to leave it.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+IS_ROOT = os.geteuid() == 0
+
+
+def join(parent_rel: str, name: str) -> str:
+    return name if parent_rel == "." else f"{parent_rel}/{name}"
+
+
+def renameat2(root_fd: int, old: str, new: str, flags: int = 0) -> None:
+    if flags == 0:
+        os.rename(old, new, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        return
+    if _renameat2(root_fd, os.fsencode(old), root_fd, os.fsencode(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def owner_writable(root_fd: int, rel: str) -> Iterator[None]:
+    """Let us write an object the user made read-only (e.g. a 0444 file's header).
+
+    Root needs no help; others temporarily add u+w (and u+x for dirs).
+    """
+    if IS_ROOT:
+        yield
+        return
+    st = os.lstat(rel, dir_fd=root_fd)
+    extra = stat.S_IWUSR | stat.S_IRUSR | (stat.S_IXUSR if stat.S_ISDIR(st.st_mode) else 0)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & extra == extra or st.st_uid != os.geteuid():
+        yield
+        return
+    os.chmod(rel, mode | extra, dir_fd=root_fd)
+    try:
+        yield
+    finally:
+        os.chmod(rel, mode, dir_fd=root_fd)
+
+
+def open_file(root_fd: int, rel: str, writable: bool) -> int:
+    """Open a backing file read-write if we may (reads-modify-writes need it)."""
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
+    if writable:
+        try:
+            return os.open(rel, flags | os.O_RDWR, dir_fd=root_fd)
+        except PermissionError:
+            with owner_writable(root_fd, rel):
+                try:
+                    return os.open(rel, flags | os.O_RDWR, dir_fd=root_fd)
+                except PermissionError:
+                    pass
+    return os.open(rel, flags | os.O_RDONLY, dir_fd=root_fd)
+
+
+def write_small_file(root_fd: int, rel: str, data: bytes, mode: int = 0o644) -> None:
+    fd = os.open(rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=root_fd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_small_file(root_fd: int, rel: str, limit: int = 1 << 16) -> bytes:
+    fd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def unlink_quiet(root_fd: int, rel: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(rel, dir_fd=root_fd)
+
+
+def errno_of(exc: BaseException) -> int:
+    return exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO

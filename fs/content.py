@@ -1,0 +1,166 @@
+"""File contents: AES-256-GCM blocks over a backing file descriptor.
+
+An OpenFile is shared by all FUSE handles of one inode.  Every method runs to
+completion without awaiting, so on the trio loop each read-modify-write is
+atomic with respect to other requests.  The last block is encrypted with the
+"final" flag in its associated data, so cutting a file at a block boundary is
+detected; an all-zero non-final block is a hole (sparse files stay sparse).
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import format as fmt
+from .errors import IntegrityError, UmbrafsError
+
+B = fmt.BLOCK_SIZE
+CB = fmt.CIPHER_BLOCK_SIZE
+_ZERO_CB = bytes(CB)
+_ZERO_NONCE = bytes(fmt.NONCE_LEN)
+
+
+class FileTooBig(UmbrafsError):
+    errno = errno.EFBIG
+
+
+class OpenFile:
+    __slots__ = ("fd", "file_id", "header", "dek", "_aead", "header_len", "size", "refs")
+
+    def __init__(self, fd: int, header: fmt.Header, dek: bytes) -> None:
+        self.fd = fd
+        self.header = header
+        self.file_id = header.obj_id
+        self.dek = dek
+        self._aead = AESGCM(dek)
+        self.header_len = header.length
+        self.size = fmt.plain_size(os.fstat(fd).st_size, self.header_len)
+        self.refs = 0
+
+    # -- blocks -----------------------------------------------------------
+
+    def _decrypt_blocks(self, first: int, last: int, size: int) -> bytearray:
+        """Plaintext of blocks first..last of a file of plaintext *size*."""
+        final_no = (size - 1) // B
+        cipher = os.pread(self.fd, (last - first + 1) * CB, fmt.block_offset(first, self.header_len))
+        mv = memoryview(cipher)
+        out = bytearray()
+        aead = self._aead
+        file_id = self.file_id
+        for block_no in range(first, last + 1):
+            start = (block_no - first) * CB
+            want = min(B, size - block_no * B) + fmt.BLOCK_OVERHEAD
+            chunk = mv[start : start + want]
+            if len(chunk) != want:
+                raise IntegrityError(f"block {block_no} truncated")
+            final = block_no == final_no
+            if not final and chunk[: fmt.NONCE_LEN] == _ZERO_NONCE and chunk == _ZERO_CB:
+                out += bytes(B)  # a hole
+                continue
+            try:
+                out += aead.decrypt(chunk[: fmt.NONCE_LEN], chunk[fmt.NONCE_LEN :], fmt.block_aad(file_id, block_no, final))
+            except InvalidTag:
+                raise IntegrityError(f"block {block_no} failed authentication") from None
+        return out
+
+    def _encrypt_blocks(self, first: int, plain: bytes | bytearray | memoryview, new_size: int) -> bytes:
+        final_no = (new_size - 1) // B
+        n = (len(plain) + B - 1) // B
+        nonces = os.urandom(fmt.NONCE_LEN * n)
+        mv = memoryview(plain)
+        aead = self._aead
+        file_id = self.file_id
+        parts = []
+        for i in range(n):
+            block_no = first + i
+            nonce = nonces[i * fmt.NONCE_LEN : (i + 1) * fmt.NONCE_LEN]
+            parts.append(nonce)
+            parts.append(aead.encrypt(nonce, mv[i * B : (i + 1) * B], fmt.block_aad(file_id, block_no, block_no == final_no)))
+        return b"".join(parts)
+
+    # -- file operations --------------------------------------------------
+
+    def read(self, off: int, length: int) -> bytes:
+        size = self.size
+        if off >= size or length <= 0:
+            return b""
+        end = min(off + length, size)
+        first, last = off // B, (end - 1) // B
+        plain = self._decrypt_blocks(first, last, size)
+        base = first * B
+        return bytes(plain[off - base : end - base])
+
+    def write(self, off: int, data: bytes | memoryview) -> int:
+        length = len(data)
+        if length == 0:
+            return 0
+        end = off + length
+        if end > fmt.MAX_FILE_SIZE:
+            raise FileTooBig("file too large")
+        old_size = self.size
+        new_size = max(old_size, end)
+        first, last = off // B, (end - 1) // B
+        old_last = (old_size - 1) // B if old_size else -1
+        if 0 <= old_last < first:
+            # The old final block stops being final (and is padded if partial).
+            self._rewrite_block(old_last, old_size, (old_last + 1) * B, new_size)
+        base = first * B
+        span_end = min((last + 1) * B, new_size)
+        buf = bytearray(span_end - base)
+        # Existing bytes of a partly overwritten first or last block survive.
+        if base < old_size and not (off == base and end >= min(base + B, old_size)):
+            head = self._decrypt_blocks(first, first, old_size)
+            buf[: len(head)] = head
+        last_base = last * B
+        if last != first and last_base < old_size and end < min(last_base + B, old_size):
+            tail = self._decrypt_blocks(last, last, old_size)
+            buf[last_base - base : last_base - base + len(tail)] = tail
+        buf[off - base : end - base] = data
+        os.pwrite(self.fd, self._encrypt_blocks(first, buf, new_size), fmt.block_offset(first, self.header_len))
+        self.size = new_size
+        return length
+
+    def _rewrite_block(self, block_no: int, old_size: int, new_block_end: int, new_size: int) -> None:
+        """Re-encrypt one block for a new file size (zero-extended)."""
+        plain = self._decrypt_blocks(block_no, block_no, old_size)
+        want = min(new_block_end, new_size) - block_no * B
+        if want > len(plain):
+            plain += bytes(want - len(plain))
+        else:
+            del plain[want:]
+        os.pwrite(self.fd, self._encrypt_blocks(block_no, plain, new_size), fmt.block_offset(block_no, self.header_len))
+
+    def truncate(self, new_size: int) -> None:
+        if new_size > fmt.MAX_FILE_SIZE:
+            raise FileTooBig("file too large")
+        old_size = self.size
+        if new_size == old_size:
+            return
+        new_last = (new_size - 1) // B if new_size else -1
+        if new_size < old_size:
+            if new_size:
+                self._rewrite_block(new_last, old_size, new_size, new_size)
+            os.ftruncate(self.fd, fmt.cipher_size(new_size, self.header_len))
+        else:
+            old_last = (old_size - 1) // B if old_size else -1
+            if old_last >= 0:
+                self._rewrite_block(old_last, old_size, (old_last + 1) * B, new_size)
+            if new_last != old_last:
+                # Blocks in between stay holes; only the final block is real.
+                os.ftruncate(self.fd, fmt.cipher_size(new_size, self.header_len))
+                zeros = bytes(new_size - new_last * B)
+                os.pwrite(self.fd, self._encrypt_blocks(new_last, zeros, new_size), fmt.block_offset(new_last, self.header_len))
+        self.size = new_size
+
+    def verify_all(self) -> None:
+        """Decrypt every block (fsck); IntegrityError names the first bad one."""
+        size = self.size
+        if size == 0:
+            return
+        last = (size - 1) // B
+        step = 64
+        for first in range(0, last + 1, step):
+            self._decrypt_blocks(first, min(first + step - 1, last), size)
