@@ -20,7 +20,7 @@ import trio
 
 from . import backing
 from . import format as fmt
-from .audit import CountingSink, Event, EventSink
+from .audit import Event, EventSink
 from .backing import join
 from .content import OpenFile
 from .errors import IntegrityError, UmbrafsError
@@ -104,7 +104,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.root_fd = os.open(vault_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.read_only = read_only
-        self.events: EventSink = events or CountingSink()
+        self.events = events  # None: no audit sink attached (the daemon issue adds one)
         self.timeout = timeout
         self.inodes = InodeTable(os.fstat(self.root_fd).st_ino)
         self._owner = owner_keys(root_wrap_key)
@@ -219,6 +219,8 @@ class Operations(pyfuse3.Operations):
         return node, self._attr(st, node)
 
     def _emit(self, op: str, node: Node, ctx: pyfuse3.RequestContext | None = None, **fields: int) -> None:
+        if self.events is None:
+            return
         try:
             self.events.emit(
                 Event(op, node.ino, self._plain_path(node), uid=ctx.uid if ctx else 0, pid=ctx.pid if ctx else 0, **fields)
@@ -232,6 +234,8 @@ class Operations(pyfuse3.Operations):
             return
         gid = ctx.gid
         pst = self._lstat(self._rel(parent))
+        if ctx.uid == 0 and gid == 0 and not pst.st_mode & stat.S_ISGID:
+            return  # already root's
         if pst.st_mode & stat.S_ISGID:
             gid = pst.st_gid
             if is_dir:
@@ -965,7 +969,9 @@ class Operations(pyfuse3.Operations):
     @_fuse
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not name.startswith(b"user."):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            # EOPNOTSUPP (not ENODATA) for ACLs and security labels: ls, cp and the
+            # kernel then stop asking for this device, saving a round trip per file.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self._node(inode)
         if node.fmt not in (stat.S_IFREG, stat.S_IFDIR):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
