@@ -110,8 +110,13 @@ def check_fuse() -> None:
         raise FuseUnavailable("fusermount3 not found: install the fuse3 package")
 
 
-async def _serve() -> None:
+async def _serve(ops: Operations, when_live: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
+
+        async def after_init() -> None:
+            await ops.initialized.wait()
+            await trio.sleep(0.01)  # let the kernel finish applying our INIT reply
+            when_live()
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -121,6 +126,7 @@ async def _serve() -> None:
                     return
 
         nursery.start_soon(on_signal)
+        nursery.start_soon(after_init)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -151,10 +157,13 @@ def serve(
         ops.close()
         raise MountpointError(f"{mountpoint}: mounting failed: {exc}") from None
     log.info("mounted %s on %s", vault.path, mountpoint)
-    _tune_readahead(mountpoint)
-    try:
+
+    def when_live() -> None:
+        _tune_readahead(mountpoint)  # after INIT: the kernel sets readahead from our INIT reply
         ready()
-        trio.run(_serve)
+
+    try:
+        trio.run(_serve, ops, when_live)
     finally:
         try:
             pyfuse3.close(unmount=True)

@@ -111,6 +111,11 @@ class Operations(pyfuse3.Operations):
         self.inodes.root.keys = load_dir_keys(self.root_fd, ".", self._owner)
         self._handles: dict[int, _Handle | _DirHandle] = {}
         self._next_fh = 1
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        # Called by pyfuse3 when the kernel's INIT arrives: the mount is live.
+        self.initialized.set()
 
     def close(self) -> None:
         os.close(self.root_fd)
