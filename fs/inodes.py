@@ -27,10 +27,11 @@ class Link:
 
 
 class Node:
-    __slots__ = ("ino", "fmt", "links", "lookups", "keys", "file", "xattr")
+    __slots__ = ("ino", "generation", "fmt", "links", "lookups", "keys", "file", "xattr")
 
-    def __init__(self, ino: int, file_fmt: int) -> None:
+    def __init__(self, ino: int, file_fmt: int, generation: int = 0) -> None:
         self.ino = ino
+        self.generation = generation  # bumped when the backing inode number is reused
         self.fmt = file_fmt  # stat.S_IFMT of the backing object
         self.links: list[Link] = []
         self.lookups = 0
@@ -83,11 +84,16 @@ class InodeTable:
         ino = self.fuse_ino(st.st_ino)
         file_fmt = stat.S_IFMT(st.st_mode)
         node = self._nodes.get(ino)
-        if node is None or (node.fmt != file_fmt and node.file is None):
-            # New, or the backing inode number was reused by a different object.
-            fresh = Node(ino, file_fmt)
-            if node is not None:
-                fresh.lookups = node.lookups
+        if node is None:
+            node = self._nodes[ino] = Node(ino, file_fmt)
+        elif node.file is None and (node.fmt != file_fmt or not node.links):
+            # The backing fs reused the inode number of a deleted object the kernel
+            # still holds (ext4 does so at once, e.g. write-tmp-then-rename). A new
+            # generation makes the kernel drop its old inode (cached size, pages,
+            # pending time updates and write errors) instead of reusing it for the
+            # new object. The kernel will still forget the old lookups: keep them.
+            fresh = Node(ino, file_fmt, node.generation + 1)
+            fresh.lookups = node.lookups
             node = self._nodes[ino] = fresh
         node.add_link(link)
         if count:

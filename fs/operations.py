@@ -23,7 +23,7 @@ from . import format as fmt
 from .audit import Event, EventSink
 from .backing import join
 from .content import OpenFile
-from .errors import IntegrityError, UmbrafsError
+from .errors import IntegrityError, UmbrafsError, UnsupportedFormat
 from .headers import (
     DirKeys,
     load_dir_keys,
@@ -132,7 +132,12 @@ class Operations(pyfuse3.Operations):
         if node is self.inodes.root:
             return "."
         if not node.links:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            # A file reached by inode after its last name went (looked up, then
+            # unlinked or replaced by rename, e.g. write-tmp-then-rename): ESTALE
+            # makes the kernel redo the path walk with LOOKUP_REVAL and find the
+            # new file, as open/stat on a local fs would; ENOENT would be a lie.
+            # (Open files never get here: they are served from node.file.)
+            raise pyfuse3.FUSEError(errno.ENOENT if node.is_dir else errno.ESTALE)
         link = node.links[0]
         return join(self._rel(link.parent), link.b_name)
 
@@ -149,7 +154,12 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             if not node.links:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            node.keys = load_dir_keys(self.root_fd, self._rel(node), self._keys(node.links[0].parent))
+            parent_keys = self._keys(node.links[0].parent)
+            try:
+                node.keys = load_dir_keys(self.root_fd, self._rel(node), parent_keys)
+            except (IntegrityError, UnsupportedFormat) as exc:
+                self._integrity(node, exc)  # name the damaged directory, not just the request
+                raise
         return node.keys
 
     def _writable(self) -> None:
@@ -185,7 +195,7 @@ class Operations(pyfuse3.Operations):
     def _attr(self, st: os.stat_result, node: Node | None = None) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = self.inodes.fuse_ino(st.st_ino)
-        attr.generation = 0
+        attr.generation = node.generation if node is not None else 0
         attr.entry_timeout = self.timeout
         attr.attr_timeout = self.timeout
         attr.st_mode = st.st_mode
@@ -246,7 +256,12 @@ class Operations(pyfuse3.Operations):
             if is_dir:
                 st = self._lstat(rel)
                 os.chmod(rel, stat.S_IMODE(st.st_mode) | stat.S_ISGID, dir_fd=self.root_fd)
+        mode = self._lstat(rel).st_mode
         os.chown(rel, ctx.uid, gid, dir_fd=self.root_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
+            # chown clears setuid/setgid of a non-directory, even for root; the kernel
+            # already stripped what the caller may not have, so restore the rest.
+            os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
 
     def _write_longname(self, parent_rel: str, c_name: str, b_name: str) -> None:
         if is_long(c_name):
@@ -271,8 +286,10 @@ class Operations(pyfuse3.Operations):
             try:
                 header = read_file_header(fd)
                 node.file = OpenFile(fd, header, self._dek_from(node, header))
-            except BaseException:
+            except BaseException as exc:
                 os.close(fd)
+                if isinstance(exc, (IntegrityError, UnsupportedFormat)):
+                    self._integrity(node, exc)  # name the damaged backing file
                 raise
         node.file.refs += 1
         return node.file
@@ -326,8 +343,8 @@ class Operations(pyfuse3.Operations):
     # -- symlinks -----------------------------------------------------------
 
     def _readlink(self, node: Node) -> bytes:
+        rel = self._rel(node)  # first: a node without links answers ESTALE, not IndexError
         link = node.links[0]
-        rel = self._rel(node)
         c_target = os.readlink(rel, dir_fd=self.root_fd)
         if c_target.startswith(fmt.LONGNAME_PREFIX):
             parent_rel = self._rel(link.parent)
@@ -419,7 +436,11 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.fmt != stat.S_IFLNK:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        return self._readlink(node)
+        try:
+            return self._readlink(node)
+        except IntegrityError as exc:
+            self._integrity(node, exc)
+            raise
 
     @_fuse
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -738,6 +759,12 @@ class Operations(pyfuse3.Operations):
                 dst.keys = None
         if src is not None:
             self._emit("rename", src, ctx)
+            if cross and stat.S_ISLNK(st_src.st_mode):
+                # The symlink was re-created (new backing inode).  The kernel keeps the
+                # old inode on the moved dentry; with no links it answers ESTALE and the
+                # kernel looks the name up again, instead of the old node going stale
+                # (ENOENT) at the next rename of the new object.
+                src.links = []
 
     def _drop_longlink_after_overwrite(self, st_dst: os.stat_result, parent_rel: str) -> None:
         """A symlink replaced by rename may leave its long-target sidecar behind."""
@@ -917,11 +944,12 @@ class Operations(pyfuse3.Operations):
                 st = self._lstat(join(rel, b_name))
             except FileNotFoundError:
                 continue  # removed since opendir
-            link = Link(node, p_name, c_name, b_name)
-            child = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
+            # Remember first: the reply must carry the generation remember() settles on.
+            child = self.inodes.remember(st, Link(node, p_name, c_name, b_name), count=False)
             if not pyfuse3.readdir_reply(token, p_name, self._attr(st, child), index + 1):
+                self.inodes.maybe_drop(child)
                 break
-            self.inodes.remember(st, link)
+            child.lookups += 1  # readdirplus: the kernel counts one lookup per entry sent
 
     @_fuse
     async def releasedir(self, fh: int) -> None:
@@ -958,6 +986,12 @@ class Operations(pyfuse3.Operations):
     def _xattr_target(self, node: Node) -> int | str:
         return node.file.fd if node.file is not None else f"/proc/self/fd/{self.root_fd}/{self._rel(node)}"
 
+    def _xattr_call(self, func: Callable[..., Any], node: Node, *args: Any) -> Any:
+        target = self._xattr_target(node)
+        # os.*xattr refuses follow_symlinks=False with an fd (ValueError); a path
+        # must not follow a final symlink planted in the backing dir.
+        return func(target, *args, follow_symlinks=isinstance(target, int))
+
     @staticmethod
     def _user_ns(name: bytes) -> None:
         if not name.startswith(b"user."):
@@ -969,7 +1003,7 @@ class Operations(pyfuse3.Operations):
         self._user_ns(name)
         node = self._node(inode)
         cipher = self._xattr(node)
-        os.setxattr(self._xattr_target(node), cipher.backing_name(name), cipher.seal(name, value), follow_symlinks=False)
+        self._xattr_call(os.setxattr, node, cipher.backing_name(name), cipher.seal(name, value))
 
     @_fuse
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -982,7 +1016,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         cipher = self._xattr(node)
         try:
-            sealed = os.getxattr(self._xattr_target(node), cipher.backing_name(name), follow_symlinks=False)
+            sealed = self._xattr_call(os.getxattr, node, cipher.backing_name(name))
         except OSError as exc:
             if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
@@ -996,7 +1030,7 @@ class Operations(pyfuse3.Operations):
             return []
         cipher = self._xattr(node)
         names = []
-        for b_name in os.listxattr(self._xattr_target(node), follow_symlinks=False):
+        for b_name in self._xattr_call(os.listxattr, node):
             p_name = cipher.plain_name(b_name)
             if p_name is not None:
                 names.append(p_name)
@@ -1009,7 +1043,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         cipher = self._xattr(node)
         try:
-            os.removexattr(self._xattr_target(node), cipher.backing_name(name), follow_symlinks=False)
+            self._xattr_call(os.removexattr, node, cipher.backing_name(name))
         except OSError as exc:
             if exc.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
