@@ -11,8 +11,10 @@ from pathlib import Path
 import click
 
 
-class PassphraseUnavailable(click.UsageError):
-    pass
+class PassphraseUnavailable(click.ClickException):
+    """One line on stderr (a UsageError would add the usage text), exit code 2."""
+
+    exit_code = 2
 
 
 def _strip(data: bytes) -> bytes:
@@ -32,7 +34,7 @@ def get(file: Path | None, env: str = "UMBRAFS_PASSPHRASE", confirm: bool = Fals
         try:
             data = _strip(file.read_bytes().split(b"\n", 1)[0] + b"\n")
         except OSError as exc:
-            raise click.UsageError(f"cannot read passphrase file {file}: {exc.strerror}") from None
+            raise PassphraseUnavailable(f"cannot read passphrase file {file}: {exc.strerror}") from None
     elif os.environ.get(env) is not None:
         data = os.environ[env].encode("utf-8")
     elif sys.stdin.isatty():
@@ -40,5 +42,5 @@ def get(file: Path | None, env: str = "UMBRAFS_PASSPHRASE", confirm: bool = Fals
     else:
         raise PassphraseUnavailable(f"no passphrase: use --passphrase-file or set ${env} (stdin is not a terminal)")
     if not data:
-        raise click.UsageError("empty passphrase")
+        raise PassphraseUnavailable("empty passphrase")
     return data

@@ -114,10 +114,12 @@ def _spawn_mount(state: State, vault: Path, mountpoint: Path, read_only: bool, a
     if allow_other:
         cmd.append("--allow-other")
     log_path = state.log_path(mountpoint)
+    # The passphrase went through the pipe: keep it out of the long-lived child's environment.
+    child_env = {k: v for k, v in os.environ.items() if k not in ("UMBRAFS_PASSPHRASE", "UMBRAFS_NEW_PASSPHRASE")}
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             cmd, pass_fds=(pw_r, ready_w), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            start_new_session=True, cwd="/",
+            start_new_session=True, cwd="/", env=child_env,
         )
     os.close(pw_r)
     os.close(ready_w)
@@ -154,14 +156,28 @@ def unmount(state: State, mountpoint: Path, lazy: bool) -> None:
         _wait_for_exit(int(record["pid"]), 60.0)
 
 
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie: the detached mount process is reparented to init, and
+    a slow init (containers) leaves it a zombie for seconds after it has exited."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.ESRCH
+    return False
+
+
 def _wait_for_exit(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                return
+        if _exited(pid):
+            return
         time.sleep(0.02)
     raise MountpointError(f"mount process {pid} did not exit within {timeout:.0f}s")
 
