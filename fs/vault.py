@@ -133,8 +133,6 @@ def create(path: Path, passphrase: bytes, kdf: KdfParams = KdfParams()) -> Unloc
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     vault = UnlockedVault(path, config, owner_key)
-    from .headers import create_root  # local: dirheader imports vault-free helpers only
-
     create_root(path, vault.root_wrap_key)
     _write_config(path, config)
     log.info("created vault %s", path)

@@ -5,6 +5,7 @@ process stopped by PID, whatever the test did.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -109,11 +110,27 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+def new_env(tmp: Path) -> Env:
+    passfile = tmp / "passphrase"
+    passfile.write_text(PASSPHRASE + "\n")
+    return Env(tmp, tmp / "home", passfile)
+
+
+@contextlib.contextmanager
+def live_mount(env: Env, vault: Path, mountpoint: Path, *extra: str) -> Iterator[Mount]:
+    """Mount through the CLI; always unmount, and fail on a traceback in the mount log."""
+    mount = env.mount(vault, mountpoint, *extra)
+    try:
+        yield mount
+    finally:
+        force_unmount(mount.path, mount.pid)
+        log = mount.log()
+        assert "Traceback" not in log and "unexpected error" not in log, log
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
-    passfile = tmp_path / "passphrase"
-    passfile.write_text(PASSPHRASE + "\n")
-    return Env(tmp_path, tmp_path / "home", passfile)
+    return new_env(tmp_path)
 
 
 @pytest.fixture
@@ -124,13 +141,8 @@ def vault(env: Env) -> Path:
 @pytest.fixture
 def mounted(env: Env, vault: Path) -> Iterator[Mount]:
     """A vault mounted through `umbrafs mount`, always unmounted afterwards."""
-    mount = env.mount(vault, env.tmp / "mnt")
-    try:
+    with live_mount(env, vault, env.tmp / "mnt") as mount:
         yield mount
-    finally:
-        force_unmount(mount.path, mount.pid)
-        log = mount.log()
-        assert "Traceback" not in log and "unexpected error" not in log, log
 
 
 @pytest.fixture

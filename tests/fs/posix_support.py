@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PASSPHRASE, Env, Mount, force_unmount
+from tests.conftest import Mount, live_mount, new_env
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -171,16 +171,9 @@ def drop_cache(path: Path) -> None:
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     """One mount for a whole module (tests work in their own subdirectory)."""
     tmp = tmp_path_factory.mktemp("shared")
-    passfile = tmp / "passphrase"
-    passfile.write_text(PASSPHRASE + "\n")
-    env = Env(tmp, tmp / "home", passfile)
-    mount = env.mount(env.init(tmp / "vault"), tmp / "mnt")
-    try:
+    env = new_env(tmp)
+    with live_mount(env, env.init(tmp / "vault"), tmp / "mnt") as mount:
         yield mount
-    finally:
-        force_unmount(mount.path, mount.pid)
-        log = mount.log()
-        assert "Traceback" not in log and "unexpected error" not in log, log
 
 
 @pytest.fixture

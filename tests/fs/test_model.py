@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from fs.format import FILE_SLOTS
-from tests.conftest import PASSPHRASE, Env, Mount, force_unmount
+from tests.conftest import Env, Mount, live_mount, new_env
 
 BLOCK = 16384
 # Short names collide often (EEXIST, overwrites); long ones need sidecar files.
@@ -150,18 +150,11 @@ class Shared:
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
     """One mount for the module, built as tests/conftest.py builds `mounted`."""
     tmp = tmp_path_factory.mktemp("model")
-    passfile = tmp / "passphrase"
-    passfile.write_text(PASSPHRASE + "\n")
-    env = Env(tmp, tmp / "home", passfile)
-    mount = env.mount(env.init(tmp / "vault"), tmp / "mnt")
+    env = new_env(tmp)
     plain = tmp / "plain"
     plain.mkdir()
-    try:
+    with live_mount(env, env.init(tmp / "vault"), tmp / "mnt") as mount:
         yield Shared(env, mount, mount.path, plain, itertools.count())
-    finally:
-        force_unmount(mount.path, mount.pid)
-        log = mount.log()
-        assert "Traceback" not in log and "unexpected error" not in log, log
 
 
 class FsModel(RuleBasedStateMachine):
