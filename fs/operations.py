@@ -671,6 +671,8 @@ class Operations(pyfuse3.Operations):
             if tmp.link_in(old_parent) is None:
                 tmp.add_link(Link(old_parent, b"", "", os.path.basename(rel)))
             self._add_file_slot(tmp, rel, new_parent)
+            if node is None:
+                self.inodes.maybe_drop(tmp)  # a placeholder link must not outlive this rename
             multi = st.st_nlink > 1
             return lambda new_rel: self._drop_file_slot(new_rel, old_parent, other_link_check=multi)
         if file_fmt == stat.S_IFDIR:
@@ -798,6 +800,8 @@ class Operations(pyfuse3.Operations):
         if tmp_node.link_in(old_parent) is None:
             tmp_node.add_link(Link(old_parent, b"", c_old, b_old))
         target = self._readlink(tmp_node)
+        if src is None:
+            self.inodes.maybe_drop(tmp_node)  # a placeholder link must not outlive this rename
         new_parent_rel = self._rel(new_parent)
         tmp_b = ".umbrafs.tmp." + os.urandom(8).hex()
         self._make_symlink(new_parent, tmp_b, target)

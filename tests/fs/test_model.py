@@ -9,7 +9,6 @@ last example's trees survive for a final remount comparison and an fsck.
 """
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import random
@@ -27,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from fs.format import FILE_SLOTS
 from tests.conftest import Env, Mount, live_mount, new_env
+from tests.fs.posix_support import outcome
 
 BLOCK = 16384
 # Short names collide often (EEXIST, overwrites); long ones need sidecar files.
@@ -56,13 +56,6 @@ def payload(length: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(length)
 
 
-def outcome(fn: Callable[..., Any], *args: Any) -> str:
-    """"ok" or the errno name of the OSError raised: comparable across filesystems."""
-    try:
-        fn(*args)
-    except OSError as exc:
-        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
-    return "ok"
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:

@@ -23,6 +23,19 @@ BLOCK = 16384
 SIZES = [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, (1 << 20) + 123]
 
 
+
+def wait_all(procs: list[subprocess.Popen[str]], timeout: float) -> None:
+    """Every worker exits 0; none is left running whatever happens."""
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
 def need(*tools: str) -> None:
     for tool in tools:
         if shutil.which(tool) is None:
@@ -272,15 +285,7 @@ def test_sqlite_concurrent_writers(mounted: Mount, journal_mode: str) -> None:
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for k in range(writers)
     ]
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    wait_all(procs, timeout=240)
     _check_db(db, writers, inserts)
     if shutil.which("sqlite3"):
         assert run("sqlite3", db, "PRAGMA integrity_check;").strip() == "ok"
@@ -372,15 +377,7 @@ def test_two_processes_append(mounted: Mount) -> None:
     tags = ["alpha", "bravo"]
     procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(path), tag, str(count)],
                               stderr=subprocess.PIPE, text=True) for tag in tags]
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    wait_all(procs, timeout=120)
 
     def check(data: str) -> None:
         lines = data.split("\n")
