@@ -1,0 +1,1 @@
+"""Tamper-evident audit ledger: event schema, hash chain, Merkle tree, checkpoints, proofs."""
