@@ -1,0 +1,1 @@
+"""Sharing through proxy re-encryption: identities, the proxy service and its client."""
