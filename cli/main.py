@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from fs.errors import UmbrafsError
 
 from . import exitcodes
 from .state import State, default_home
@@ -30,10 +29,11 @@ def umbrafs(ctx: click.Context, home: Path | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from . import vault_cmds
+    from . import audit_cmds, daemon_cmds, identity_cmds, proxy_cmds, share_cmds, vault_cmds
 
-    for command in vault_cmds.COMMANDS:
-        umbrafs.add_command(command)
+    for module in (vault_cmds, daemon_cmds, audit_cmds, identity_cmds, proxy_cmds, share_cmds):
+        for command in module.COMMANDS:
+            umbrafs.add_command(command)
 
 
 _register()
@@ -42,7 +42,7 @@ _register()
 def main() -> None:
     try:
         umbrafs.main(prog_name="umbrafs")
-    except UmbrafsError as exc:
+    except exitcodes.PROJECT_ERRORS as exc:
         click.echo(f"umbrafs: {exc}", err=True)
         sys.exit(exitcodes.for_error(exc))
     except KeyboardInterrupt:

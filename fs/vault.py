@@ -7,6 +7,7 @@ wrapped key, never data.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,15 @@ class UnlockedVault:
     @property
     def root_wrap_key(self) -> bytes:
         return keys.root_wrap_key(self.owner_key)
+
+    @property
+    def vault_id(self) -> str:
+        return vault_id(self.config)
+
+
+def vault_id(config: dict[str, Any]) -> str:
+    """Stable public id of a vault (names it in audit events): 16 hex digits of its owner key's hash."""
+    return hashlib.sha256(bytes.fromhex(config["owner"]["public_key"])).hexdigest()[:16]
 
 
 def _b64(data: bytes) -> str:

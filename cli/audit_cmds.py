@@ -1,0 +1,179 @@
+"""`umbrafs audit log|verify|prove|check-proof|export`: reading the ledger.
+
+These read the SQLite file directly (read-only; WAL lets them run beside the
+daemon), so they work whether or not the daemon is up.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import pwd
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from daemon import client
+from daemon.errors import DaemonError
+from daemon.paths import anchor_path, ledger_path, saved_vault_anchors
+from ledger.events import OPS
+
+from . import exitcodes
+from .identities import identity_option, signing_public_key
+from .state import State
+
+_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str) -> int:
+    """'90m', '2d', an ISO date or date-time (local time unless it says otherwise) → ns since the epoch."""
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return time.time_ns() - int(m.group(1)) * _UNIT[m.group(2)] * 1_000_000_000
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use e.g. 30m, 2h, 7d or 2026-11-29T08:00") from None
+    return min(int(moment.timestamp() * 1e9), (1 << 63) - 1)
+
+
+def parse_user(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise click.BadParameter(f"no such user {text!r}") from None
+
+
+def _ledger(state: State) -> Path:
+    path = ledger_path(state.home)
+    if not path.exists():
+        raise click.ClickException(f"no ledger at {path} (start the daemon with `umbrafs daemon start`)")
+    return path
+
+
+@click.group()
+def audit() -> None:
+    """Read, verify and export the tamper-evident access ledger."""
+
+
+def _describe(idx: int, event) -> str:  # type: ignore[no-untyped-def]
+    when = datetime.datetime.fromtimestamp(event.time_ns / 1e9).isoformat(sep=" ", timespec="milliseconds")
+    who = f"uid {event.uid} {event.comm or '?'}[{event.pid}]"
+    where = event.path + (f" -> {event.path2}" if event.path2 else "")
+    extra = ""
+    if event.op == "access":
+        extra = f" read {event.bytes_read} B in {event.reads}, wrote {event.bytes_written} B in {event.writes}"
+    return f"{idx:>8} {when} {event.op:<8} {event.result:<6} {who} {where}{extra}"
+
+
+@audit.command("log")
+@click.option("--since", "since", metavar="T", help="Only events after T (30m, 2h, 7d, or an ISO date/time).")
+@click.option("--path", "path_prefix", metavar="P", help="Only events on P or below it (vault-relative, e.g. /projects).")
+@click.option("--op", type=click.Choice(sorted(OPS)), help="Only this kind of event.")
+@click.option("--user", metavar="U", help="Only events caused by this user (name or uid).")
+@click.option("--limit", type=click.IntRange(1), help="At most this many (the latest).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def log_cmd(state: State, since: str | None, path_prefix: str | None, op: str | None, user: str | None, limit: int | None, as_json: bool) -> None:
+    """List ledger entries, oldest first."""
+    from ledger import store
+
+    conn = store.open_readonly(_ledger(state))
+    try:
+        rows = store.entries(
+            conn, since_ns=parse_since(since) if since else None, path_prefix=path_prefix, op=op,
+            uid=parse_user(user) if user else None, limit=limit,
+        )
+        for idx, event in rows:
+            if as_json:
+                click.echo(json.dumps({"idx": idx, **event.to_dict()}, sort_keys=True))
+            else:
+                click.echo(_describe(idx, event))
+    finally:
+        conn.close()
+
+
+@audit.command()
+@identity_option
+@click.pass_obj
+def verify(state: State, identity: str | None) -> None:
+    """Check every entry, the Merkle tree, every checkpoint signature and the anchored checkpoint.
+
+    Exit code 0 only if all hold; 21 (and the first bad entry) otherwise.
+    """
+    from ledger.verify import verify as verify_ledger
+
+    with contextlib.suppress(DaemonError):
+        client.request(state.home, {"type": "checkpoint"})  # a running daemon signs what it has so far
+
+    report = verify_ledger(_ledger(state), signing_public_key(state, identity), anchors=[anchor_path(state.home), *saved_vault_anchors(state.home)])
+    for problem in report.problems:
+        click.echo(f"PROBLEM {problem}")
+    if report.ok:
+        click.echo(f"ledger ok: {report.entries} entries, {report.checkpoints} signed checkpoints")
+        return
+    where = f" (first bad entry {report.first_bad})" if report.first_bad is not None else ""
+    click.echo(f"umbrafs: ledger verification failed{where}: {report.reason}", err=True)
+    sys.exit(exitcodes.LEDGER_INVALID)
+
+
+@audit.command()
+@click.argument("idx", type=click.IntRange(0))
+@click.option("--size", type=click.IntRange(1), help="Prove against the tree of this size (default: the latest checkpoint).")
+@click.pass_obj
+def prove(state: State, idx: int, size: int | None) -> None:
+    """Print an inclusion proof (JSON) of entry IDX; check it with `audit check-proof` or docs/ledger.md."""
+    from ledger import store
+
+    conn = store.open_readonly(_ledger(state))
+    try:
+        doc = store.inclusion_proof(conn, idx, size)
+    except (IndexError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        conn.close()
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+@audit.command("check-proof")
+@click.argument("proof_file", type=click.File("r"))
+@identity_option
+@click.pass_obj
+def check_proof(state: State, proof_file, identity: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Check an inclusion proof made by `audit prove` against the signed checkpoint it names."""
+    from ledger import store
+
+    try:
+        doc = json.load(proof_file)
+        ok = store.check_inclusion_proof(doc, signing_public_key(state, identity))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.ClickException(f"not an inclusion proof: {exc}") from None
+    if not ok:
+        click.echo("umbrafs: the proof does NOT hold", err=True)
+        sys.exit(exitcodes.LEDGER_INVALID)
+    click.echo(f"proof holds: entry {doc['idx']} is in the signed tree of size {doc['size']}")
+
+
+@audit.command()
+@click.pass_obj
+def export(state: State) -> None:
+    """Every entry and checkpoint as JSON lines (for a SIEM), in ledger order."""
+    with contextlib.suppress(DaemonError):
+        client.request(state.home, {"type": "checkpoint"})
+    from ledger import store
+
+    conn = store.open_readonly(_ledger(state))
+    try:
+        for record in store.export(conn):
+            click.echo(json.dumps(record, sort_keys=True))
+    finally:
+        conn.close()
+
+
+COMMANDS = [audit]

@@ -1,0 +1,1 @@
+"""The audit daemon: receives events from mounts, keeps the ledger."""

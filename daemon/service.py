@@ -1,0 +1,255 @@
+"""The audit daemon: one asyncio process per person that owns the ledger.
+
+It listens on ``<home>/daemon.sock`` for mounts (and the CLI), stores their
+events in the ledger in arrival order, and drains spools: a source's spool when
+it says hello, and every few seconds the spools whose producer has died
+(their lock is free), which are then removed.  Sources are numbered gap-free,
+so a gap between what the ledger has and what arrives means events are still
+in the spool: they are read first, and a gap nothing fills is itself recorded
+(``spool-gap``) rather than hidden.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.events import Event, EventError, from_dict
+from ledger.checkpoint import key_id_of
+from ledger.errors import LedgerError
+from ledger.store import Ledger
+
+from . import protocol, spool
+from .paths import anchor_path, ledger_path, running_pid, save_vault_anchors, saved_vault_anchors, vault_anchor_path
+from .errors import DaemonError
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 2.0
+
+
+class Daemon:
+    def __init__(self, home: Path, ledger: Ledger, key_id: str) -> None:
+        self.home = home
+        self.ledger = ledger
+        self.key_id = key_id
+        self.spool_dir = home / "spool"
+        self.source = secrets.token_hex(8)
+        self._seq = 0
+        self._append_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._connected: dict[str, int] = {}  # source → peer pid
+        self.started = time.time()
+
+    # -- storing --------------------------------------------------------------
+
+    def own_event(self, op: str, **fields: Any) -> Event:
+        self._seq += 1
+        return Event(self.source, self._seq, time.time_ns(), op, pid=os.getpid(), comm="umbrafs-daemon", **fields)
+
+    async def store(self, source: str, events: Sequence[Event]) -> int:
+        """Append events of one source in seq order, filling gaps from its spool first."""
+        async with self._append_lock:
+            last = await self.ledger.last_seq(source)
+            fresh = [e for e in events if e.seq > last]
+            if fresh and fresh[0].seq != last + 1:
+                await self._ingest_locked(source, last)
+                last = await self.ledger.last_seq(source)
+                fresh = [e for e in fresh if e.seq > last]
+            if fresh and fresh[0].seq != last + 1:
+                gap = self.own_event("spool-gap", detail={"source": source, "expected": last + 1, "got": fresh[0].seq})
+                log.warning("events %d..%d of source %s are lost", last + 1, fresh[0].seq - 1, source)
+                await self.ledger.append([gap])
+            if fresh:
+                await self._append(fresh)
+            return await self.ledger.last_seq(source)
+
+    async def _append(self, events: Sequence[Event]) -> None:
+        await self.ledger.append(events)
+        for event in events:
+            if event.op == "mount" and event.result == "ok" and event.path2:
+                await self._anchor_vault(Path(event.path2))
+
+    async def _anchor_vault(self, vault: Path) -> None:
+        """Keep a copy of the checkpoints in each vault this ledger records (see paths.vault_anchor_path)."""
+        if not (vault / "vault.json").is_file():
+            return
+        anchor = vault_anchor_path(vault, self.home, self.key_id)
+        known = saved_vault_anchors(self.home)
+        if anchor in known:
+            return
+        try:
+            await self.ledger.add_anchor(anchor)
+        except LedgerError as exc:
+            log.error("not anchoring in %s: %s", vault, exc)
+            return
+        save_vault_anchors(self.home, [*known, anchor])
+
+    async def ingest(self, source: str) -> int:
+        async with self._append_lock:
+            return await self._ingest_locked(source, await self.ledger.last_seq(source))
+
+    async def _ingest_locked(self, source: str, last: int) -> int:
+        read = await asyncio.to_thread(spool.read_source, self.spool_dir, source, last)
+        if read.bad_lines:
+            log.warning("spool of %s: %d unreadable line(s) skipped", source, read.bad_lines)
+        for start in range(0, len(read.events), protocol.MAX_BATCH):
+            await self._append(read.events[start : start + protocol.MAX_BATCH])
+        return len(read.events)
+
+    async def sweep(self) -> None:
+        """Store and remove the spools of producers that are gone."""
+        for source in spool.sources(self.spool_dir):
+            if source in self._connected or spool.writer_alive(self.spool_dir, source):
+                continue
+            stored = await self.ingest(source)
+            if stored:
+                log.info("drained %d spooled event(s) of %s", stored, source)
+            spool.remove_source(self.spool_dir, source)
+
+    # -- serving --------------------------------------------------------------
+
+    async def serve(self, ready: Callable[[], None] = lambda: None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.ledger.append([self.own_event("daemon-start")])
+        await self.sweep()
+        await self.ledger.checkpoint()  # the anchor exists from the first start on
+        path = protocol.socket_path(self.home)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._client, path=str(path), limit=protocol.MAX_LINE)
+        finally:
+            os.umask(old_umask)
+        sweeper = asyncio.create_task(self._sweep_forever())
+        log.info("daemon listening on %s", path)
+        ready()
+        try:
+            await self._stop.wait()
+        finally:
+            sweeper.cancel()
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            await server.wait_closed()
+            await self.sweep()
+            await self.ledger.append([self.own_event("daemon-stop")])
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("spool sweep failed")
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        source: str | None = None
+        try:
+            peer_pid, peer_uid = _peer(writer)
+            if peer_uid not in (os.getuid(), 0):
+                log.warning("refused a connection from uid %d", peer_uid)
+                return
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    await _send(writer, {"type": "error", "message": "message too long"})
+                    return
+                if not line:
+                    return
+                try:
+                    message = protocol.decode(line)
+                    reply, source = await self._handle(message, source, peer_pid)
+                except (protocol.ProtocolError, EventError, DaemonError) as exc:
+                    reply = {"type": "error", "message": str(exc)}
+                await _send(writer, reply)
+                if reply["type"] == "stopping":
+                    self._stop.set()
+        except (ConnectionError, OSError) as exc:
+            log.info("client went away: %s", exc)
+        finally:
+            if source is not None:
+                self._connected.pop(source, None)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle(self, message: dict[str, Any], source: str | None, peer_pid: int) -> tuple[dict[str, Any], str | None]:
+        kind = message["type"]
+        if kind == "hello":
+            new = message.get("source")
+            if not isinstance(new, str) or not spool.is_source(new):
+                raise protocol.ProtocolError("hello needs a source of 16 hex digits")
+            self._connected[new] = peer_pid
+            await self.ingest(new)
+            return {"type": "welcome", "last_seq": await self.ledger.last_seq(new)}, new
+        if kind == "events":
+            if source is None:
+                raise protocol.ProtocolError("say hello first")
+            raw = message.get("events")
+            if not isinstance(raw, list) or len(raw) > protocol.MAX_BATCH:
+                raise protocol.ProtocolError(f"events must be a list of at most {protocol.MAX_BATCH}")
+            events = [from_dict(item) for item in raw]
+            if any(e.source != source for e in events):
+                raise protocol.ProtocolError("events of another source")
+            events.sort(key=lambda e: e.seq)
+            return {"type": "ack", "last_seq": await self.store(source, events)}, source
+        if kind == "status":
+            return {
+                "type": "status", "pid": os.getpid(), "started": self.started, "entries": await self.ledger.size(),
+                "sources": sorted(self._connected), "spooled_sources": spool.sources(self.spool_dir),
+                "ledger": str(ledger_path(self.home)),
+            }, source
+        if kind == "checkpoint":
+            cp = await self.ledger.checkpoint()
+            return {"type": "checkpoint", "size": cp.size, "root": cp.root.hex()}, source
+        if kind == "stop":
+            return {"type": "stopping"}, source
+        raise protocol.ProtocolError(f"unknown message type {kind!r}")
+
+
+def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
+    sock = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _ = struct.unpack("3i", creds)
+    return pid, uid
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(protocol.encode(message))
+    await writer.drain()
+
+
+async def run(home: Path, signer: Ed25519PrivateKey, ready: Callable[[], None] = lambda: None) -> None:
+    """Open the ledger, serve until stopped, close (with a final checkpoint)."""
+    pidfile = protocol.pidfile_path(home)
+    if running_pid(home) not in (None, os.getpid()):
+        raise DaemonError(f"a daemon is already running (pid {running_pid(home)})")
+    pidfile.write_text(f"{os.getpid()}\n")
+    try:
+        anchors = [anchor_path(home), *saved_vault_anchors(home)]
+        ledger = await Ledger.open(ledger_path(home), signer, anchors=anchors)
+        try:
+            await Daemon(home, ledger, key_id_of(signer.public_key())).serve(ready)
+        finally:
+            await ledger.close()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
