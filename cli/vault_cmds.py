@@ -1,21 +1,21 @@
 """Commands on a vault: init, mount, unmount, passwd, fsck."""
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
 
+from daemon.paths import ledger_path
+from fs import audit
 from fs import fsck as fsck_mod
 from fs import vault as vault_mod
-from fs.errors import MountpointError, UmbrafsError
+from fs.errors import MountpointError, UmbrafsError, WrongPassphrase
 from fs.mount import check_fuse, check_mountpoint, mounted_paths, serve
 
-from . import exitcodes, passphrase
+from . import detach, exitcodes, passphrase
 from .state import State
 
 passphrase_file_option = click.option(
@@ -56,83 +56,98 @@ def init(vault: Path, passphrase_file: Path | None, kdf_memory_kib: int, kdf_ite
 @click.option("-f", "--foreground", is_flag=True, help="Stay attached; unmount on Ctrl-C.")
 @click.option("--read-only", is_flag=True, help="Mount read-only.")
 @click.option("--allow-other", is_flag=True, help="Let other users use the mount (root, or user_allow_other in /etc/fuse.conf). Permissions are then checked by the kernel (default_permissions).")
+@click.option("--no-xattr", is_flag=True, help="No extended attributes: writes of many small files get faster (docs/operations.md).")
 @passphrase_file_option
 @click.option("--passphrase-fd", type=int, help="Read the passphrase from this file descriptor until EOF.")
+@click.option(
+    "--audit", type=click.Choice(("auto", *audit.MODES)), default="auto", show_default=True,
+    help="Events to the audit daemon: best-effort spools while it is down; required refuses to mount without it; "
+    "auto is best-effort once a daemon has been started with this state directory, else off.",
+)
+@click.option("--share", "share_id", metavar="ID", help="Mount a share made with you: its directory (or file) is the root. "
+              "--passphrase-file/--passphrase-fd then carry your identity's passphrase.")
+@click.option("--identity", "identity_name", metavar="NAME", help="With --share: your identity (default: the only one).")
 @click.option("--ready-fd", type=int, hidden=True)
 @click.pass_obj
 def mount(
     state: State, vault: Path, mountpoint: Path, foreground: bool, read_only: bool, allow_other: bool,
-    passphrase_file: Path | None, passphrase_fd: int | None, ready_fd: int | None,
+    passphrase_file: Path | None, passphrase_fd: int | None, audit: str, share_id: str | None,
+    identity_name: str | None, ready_fd: int | None, no_xattr: bool = False,
 ) -> None:
     """Mount VAULT on MOUNTPOINT; returns once the mount is ready."""
     vault, mountpoint = vault.absolute(), mountpoint.absolute()
     state.ensure()
+    if share_id is not None:
+        if no_xattr:
+            raise click.UsageError("--no-xattr does not go with --share")
+        from .share_cmds import mount_share
+
+        mount_share(state, vault, mountpoint, share_id, identity_name, foreground=foreground, read_only=read_only,
+                    allow_other=allow_other, audit_mode=audit, passphrase_file=passphrase_file,
+                    passphrase_fd=passphrase_fd, ready_fd=ready_fd)
+        return
+    if identity_name is not None:
+        raise click.UsageError("--identity goes with --share")
     if foreground or ready_fd is not None:
-        _mount_here(state, vault, mountpoint, read_only, allow_other, passphrase_file, passphrase_fd, ready_fd)
+        _mount_here(state, vault, mountpoint, read_only, allow_other, audit, passphrase_file, passphrase_fd, ready_fd,
+                    xattr=not no_xattr)
         return
     vault_mod.read_config(vault)
     check_fuse()
     check_mountpoint(mountpoint)
     secret = passphrase.read_fd(passphrase_fd) if passphrase_fd is not None else passphrase.get(passphrase_file)
-    _spawn_mount(state, vault, mountpoint, read_only, allow_other, secret)
+    _spawn_mount(state, vault, mountpoint, read_only, allow_other, audit, secret, xattr=not no_xattr)
 
 
 def _mount_here(
-    state: State, vault: Path, mountpoint: Path, read_only: bool, allow_other: bool,
-    passphrase_file: Path | None, passphrase_fd: int | None, ready_fd: int | None,
+    state: State, vault: Path, mountpoint: Path, read_only: bool, allow_other: bool, audit_mode: str,
+    passphrase_file: Path | None, passphrase_fd: int | None, ready_fd: int | None, xattr: bool = True,
 ) -> None:
-    def report(message: str) -> None:
-        if ready_fd is not None:
-            os.write(ready_fd, message.encode("utf-8", "replace") + b"\n")
-            os.close(ready_fd)
-
     try:
-        vault_mod.read_config(vault)
+        config = vault_mod.read_config(vault)
         secret = passphrase.read_fd(passphrase_fd) if passphrase_fd is not None else passphrase.get(passphrase_file)
-        unlocked = vault_mod.unlock(vault, secret)
+        if audit_mode == "auto":
+            audit_mode = "best-effort" if ledger_path(state.home).exists() else "off"
+        sink = None
+        if audit_mode != "off":
+            sink = audit.AuditSink(state.home, vault_mod.vault_id(config), required=audit_mode == "required")
+        try:
+            unlocked = vault_mod.unlock(vault, secret)
+        except WrongPassphrase as exc:
+            if sink:  # failed unlocks go on the record too
+                sink.emit("unlock", pid=os.getpid(), path=str(vault), result=exc.errno)
+                sink.close(timeout=1.0)
+            raise
         del secret
         state.register_mount(mountpoint, vault, read_only)
         try:
-            serve(unlocked, mountpoint, read_only=read_only, allow_other=allow_other, ready=lambda: report("ok"))
+            if sink:
+                sink.emit("unlock", pid=os.getpid(), path=str(vault))
+                sink.emit("mount", pid=os.getpid(), path=str(mountpoint), path2=str(vault), detail={"read_only": read_only})
+            serve(
+                unlocked, mountpoint, read_only=read_only, allow_other=allow_other, events=sink,
+                ready=lambda: detach.report(ready_fd, "ok"), xattr=xattr,
+            )
         finally:
             state.unregister_mount(mountpoint)
+            if sink:
+                sink.emit("unmount", pid=os.getpid(), path=str(mountpoint), path2=str(vault))
+                sink.close()
     except UmbrafsError as exc:
-        report(f"err {exitcodes.for_error(exc)} {exc}")
+        detach.report(ready_fd, f"err {exitcodes.for_error(exc)} {exc}")
         raise
 
 
-def _spawn_mount(state: State, vault: Path, mountpoint: Path, read_only: bool, allow_other: bool, secret: bytes) -> None:
-    """Run the mount in a detached child; the passphrase travels through a pipe."""
-    pw_r, pw_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    os.write(pw_w, secret)
-    os.close(pw_w)
-    cmd = [sys.executable, "-m", "cli", "--home", str(state.home), "mount", str(vault), str(mountpoint),
-           "--passphrase-fd", str(pw_r), "--ready-fd", str(ready_w)]
+def _spawn_mount(state: State, vault: Path, mountpoint: Path, read_only: bool, allow_other: bool, audit_mode: str, secret: bytes,
+                 xattr: bool = True) -> None:
+    args = ["--home", str(state.home), "mount", str(vault), str(mountpoint), "--audit", audit_mode]
+    if not xattr:
+        args.append("--no-xattr")
     if read_only:
-        cmd.append("--read-only")
+        args.append("--read-only")
     if allow_other:
-        cmd.append("--allow-other")
-    log_path = state.log_path(mountpoint)
-    # The passphrase went through the pipe: keep it out of the long-lived child's environment.
-    child_env = {k: v for k, v in os.environ.items() if k not in ("UMBRAFS_PASSPHRASE", "UMBRAFS_NEW_PASSPHRASE")}
-    with open(log_path, "ab") as log_file:
-        child = subprocess.Popen(
-            cmd, pass_fds=(pw_r, ready_w), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            start_new_session=True, cwd="/", env=child_env,
-        )
-    os.close(pw_r)
-    os.close(ready_w)
-    with os.fdopen(ready_r, "rb") as ready:
-        message = ready.read().decode("utf-8", "replace").strip()
-    if message == "ok":
-        return
-    if message.startswith("err "):
-        _, code, text = message.split(" ", 2)
-        click.echo(f"umbrafs: {text}", err=True)
-        sys.exit(int(code))
-    child.wait(timeout=10)
-    raise click.ClickException(f"the mount process exited ({child.returncode}); see {log_path}")
+        args.append("--allow-other")
+    detach.spawn(args, secret, state.log_path(mountpoint), "mount")
 
 
 @click.command()
@@ -152,34 +167,8 @@ def unmount(state: State, mountpoint: Path, lazy: bool) -> None:
         if "busy" in detail.lower():
             raise MountpointError(f"{mountpoint}: busy (a file or directory in it is in use); close it or use --lazy")
         raise MountpointError(f"{mountpoint}: {detail}")
-    if record and not lazy:
-        _wait_for_exit(int(record["pid"]), 60.0)
-
-
-def _exited(pid: int) -> bool:
-    """Gone, or a zombie: the detached mount process is reparented to init, and
-    a slow init (containers) leaves it a zombie for seconds after it has exited."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.ESRCH
-    return False
-
-
-def _wait_for_exit(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _exited(pid):
-            return
-        time.sleep(0.02)
-    raise MountpointError(f"mount process {pid} did not exit within {timeout:.0f}s")
+    if record and not lazy and not detach.wait_for_exit(int(record["pid"]), 60.0):
+        raise MountpointError(f"mount process {record['pid']} did not exit within 60s")
 
 
 @click.command()

@@ -1,20 +1,26 @@
 """Mount lifecycle: checks, pyfuse3 init, the trio main loop, clean unmount."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
 import os
+import select
 import signal
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
 
 from .audit import EventSink
 from .errors import FuseUnavailable, MountpointError
+from .headers import DirKeys
 from .operations import Operations
+from .singlefile import SharedFile, SingleFileOperations
 from .vault import UnlockedVault
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,82 @@ def _tame_malloc() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
     except (OSError, AttributeError):
         log.debug("mallopt not available")
+
+
+class _RequestLock:
+    """pyfuse3's read lock without trio.Lock's scheduler pass and owner bookkeeping.
+
+    Not handed over on release: the worker task that just answered a request takes
+    it again at once, so one task serves while requests keep coming, and a second
+    one steps in only while the first waits (fsync in a thread).
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    async def __aenter__(self) -> None:
+        while self._held:
+            await self._waiters.park()
+        self._held = True
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._held = False
+        if self._waiters:
+            self._waiters.unpark()
+
+
+class _QuickTrio(types.ModuleType):
+    """What pyfuse3 uses as ``trio`` while we serve: trio, with two shortcuts on the
+    path each FUSE request takes before pyfuse3 reads it from /dev/fuse.
+
+    pyfuse3 looks ``trio`` up in its module namespace at run time (that is how
+    ``pyfuse3.asyncio.enable()`` swaps in asyncio); this swaps in _RequestLock and a
+    ``wait_readable`` that returns at once, after one poll(2), when a request is
+    already queued, instead of re-arming epoll and going round trio's run loop. One
+    wait in MAX_STREAK is a real one, so the other tasks (signals, fsync threads)
+    still get their turn.  Measured (benchmarks/fuse_profile.py, workload
+    roundtrip): a FUSE round trip 37-53 us before, 15-26 us after; `tar x` of a
+    10k-entry tree 1.5-2x faster.  Handlers and replies are unchanged.
+    """
+
+    MAX_STREAK = 16
+
+    def __init__(self) -> None:
+        super().__init__("umbrafs_pyfuse3_trio")
+        self.Lock = _RequestLock
+        self.lowlevel = types.ModuleType("umbrafs_pyfuse3_trio.lowlevel")
+        self.lowlevel.__getattr__ = lambda name: getattr(trio.lowlevel, name)  # type: ignore[method-assign]
+        self.lowlevel.wait_readable = self._wait_readable
+        self._poll: Any = None
+        self._streak = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trio, name)
+
+    async def _wait_readable(self, fd: int) -> None:
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLIN)
+        if self._streak < self.MAX_STREAK and self._poll.poll(0):
+            self._streak += 1
+            return
+        self._streak = 0
+        await trio.lowlevel.wait_readable(fd)
+
+
+@contextlib.contextmanager
+def quick_pyfuse3_trio() -> Iterator[None]:
+    """Run pyfuse3 on _QuickTrio inside this block (if pyfuse3 is the one we know)."""
+    if getattr(pyfuse3, "trio", None) is not trio:
+        log.debug("pyfuse3 without a trio attribute: plain trio")
+        yield
+        return
+    pyfuse3.trio = _QuickTrio()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        pyfuse3.trio = trio  # type: ignore[attr-defined]
 
 
 def _mount_device(mountpoint: Path) -> str | None:
@@ -132,19 +214,38 @@ async def _serve(ops: Operations, when_live: Callable[[], None]) -> None:
 
 
 def serve(
-    vault: UnlockedVault,
+    vault: UnlockedVault | Path,
     mountpoint: Path,
     *,
     read_only: bool = False,
     allow_other: bool = False,
     events: EventSink | None = None,
     ready: Callable[[], None] = lambda: None,
+    root: tuple[str, DirKeys] | None = None,
+    single_file: SharedFile | None = None,
+    xattr: bool = True,
 ) -> None:
-    """Mount *vault* on *mountpoint* and serve until unmounted or signalled."""
+    """Mount *vault* on *mountpoint* and serve until unmounted or signalled.
+
+    A share recipient passes the vault's path with *root* (a shared directory: its backing
+    path and keys) or *single_file* (a shared file, always read-only) instead of the
+    owner's unlocked vault.  ``xattr=False`` turns extended attributes off (see
+    Operations.enable_xattr): fewer requests per write(2).
+    """
     check_fuse()
     check_mountpoint(mountpoint)
     _tame_malloc()
-    ops = Operations(str(vault.path), vault.root_wrap_key, read_only=read_only, events=events)
+    vault_path = vault.path if isinstance(vault, UnlockedVault) else vault
+    ops: Operations | SingleFileOperations
+    if single_file is not None:
+        read_only = True
+        ops = SingleFileOperations(str(vault_path), *single_file, events=events)
+    elif root is not None:
+        ops = Operations(str(vault_path), None, read_only=read_only, events=events, root=root)
+    else:
+        assert isinstance(vault, UnlockedVault)
+        ops = Operations(str(vault.path), vault.root_wrap_key, read_only=read_only, events=events)
+    ops.enable_xattr = xattr
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
     options |= {"fsname=umbrafs", "subtype=umbrafs"}
     if read_only:
@@ -156,14 +257,15 @@ def serve(
     except RuntimeError as exc:
         ops.close()
         raise MountpointError(f"{mountpoint}: mounting failed: {exc}") from None
-    log.info("mounted %s on %s", vault.path, mountpoint)
+    log.info("mounted %s on %s", vault_path, mountpoint)
 
     def when_live() -> None:
         _tune_readahead(mountpoint)  # after INIT: the kernel sets readahead from our INIT reply
         ready()
 
     try:
-        trio.run(_serve, ops, when_live)
+        with quick_pyfuse3_trio():
+            trio.run(_serve, ops, when_live)
     finally:
         try:
             pyfuse3.close(unmount=True)

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ import trio
 
 from . import backing
 from . import format as fmt
-from .audit import Event, EventSink
+from .audit import EventSink
 from .backing import join
 from .content import OpenFile
 from .errors import IntegrityError, UmbrafsError, UnsupportedFormat
@@ -36,6 +37,7 @@ from .headers import (
     write_file_slot,
 )
 from .inodes import InodeTable, Link, Node
+from .keywalk import open_dir
 from .names import backing_name, is_long, is_reserved
 from .xattrs import XattrCipher
 
@@ -49,12 +51,19 @@ LONGLINK_MIN = 3000
 _LINK_MARKER_LEN = 1 + 32  # "~" + base64url(24 random bytes)
 
 
+# Refused requests that go on the record (a missing name or a full directory is not news).
+_AUDITED = frozenset({"create", "mknod", "mkdir", "symlink", "unlink", "rmdir", "link", "rename", "setattr", "open"})
+_AUDITED_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOSPC, errno.EDQUOT})
+
+
 def _fuse(func: F) -> F:
     @functools.wraps(func)
     async def wrapper(self: "Operations", *args: Any) -> Any:
         try:
             return await func(self, *args)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as exc:
+            if func.__name__ in _AUDITED and exc.errno in _AUDITED_ERRORS:
+                self._refused(func.__name__, args, exc.errno)
             raise
         except IntegrityError as exc:
             log.error("integrity error in %s: %s", func.__name__, exc)
@@ -72,13 +81,23 @@ def _fuse(func: F) -> F:
 
 
 class _Handle:
-    __slots__ = ("node", "append", "bytes_read", "bytes_written", "reads", "writes", "uid", "pid")
+    """An open file: also the access session reported to the audit sink at release."""
 
-    def __init__(self, node: Node, append: bool, ctx: pyfuse3.RequestContext) -> None:
+    __slots__ = ("node", "append", "bytes_read", "bytes_written", "reads", "writes", "uid", "pid", "path", "opened_ns", "flags")
+
+    def __init__(self, node: Node, append: bool, ctx: pyfuse3.RequestContext, path: str, flags: int) -> None:
         self.node = node
         self.append = append
         self.bytes_read = self.bytes_written = self.reads = self.writes = 0
         self.uid, self.pid = ctx.uid, ctx.pid
+        self.path = path
+        self.opened_ns = time.time_ns()
+        self.flags = flags
+
+
+def _access_mode(flags: int) -> str:
+    mode = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "?")
+    return mode + ("+append" if flags & os.O_APPEND else "") + ("+trunc" if flags & os.O_TRUNC else "")
 
 
 class _DirHandle:
@@ -91,24 +110,39 @@ class _DirHandle:
 
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
+    # False (`mount --no-xattr`): getxattr answers ENOSYS, after which the kernel
+    # stops sending GETXATTR for the whole mount, including the security.capability
+    # query it makes before every write(2) on FUSE (10,163 of the 70,700 requests
+    # of extracting the Django sdist); setting xattrs answers EOPNOTSUPP.
+    enable_xattr = True
 
     def __init__(
         self,
         vault_path: str,
-        root_wrap_key: bytes,
+        root_wrap_key: bytes | None,
         *,
         read_only: bool = False,
         events: EventSink | None = None,
         timeout: float = 1.0,
+        root: tuple[str, DirKeys] | None = None,
     ) -> None:
+        """Serve the owner's whole vault (*root_wrap_key*), or with *root* = (backing path
+        below the vault, its keys) a shared directory as the root: a recipient's view.
+        Every backing path is relative to root_fd, so nothing above it can be reached."""
         super().__init__()
-        self.root_fd = os.open(vault_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if root is None:
+            self.root_fd = os.open(vault_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            self.root_fd = open_dir(vault_path, root[0])
         self.read_only = read_only
         self.events = events  # None: no audit sink attached (the daemon issue adds one)
         self.timeout = timeout
         self.inodes = InodeTable(os.fstat(self.root_fd).st_ino)
-        self._owner = owner_keys(root_wrap_key)
-        self.inodes.root.keys = load_dir_keys(self.root_fd, ".", self._owner)
+        if root is None:
+            assert root_wrap_key is not None
+            self.inodes.root.keys = load_dir_keys(self.root_fd, ".", owner_keys(root_wrap_key))
+        else:
+            self.inodes.root.keys = root[1]
         self._handles: dict[int, _Handle | _DirHandle] = {}
         self._next_fh = 1
         self.initialized = trio.Event()
@@ -129,17 +163,24 @@ class Operations(pyfuse3.Operations):
         return node
 
     def _rel(self, node: Node) -> str:
-        if node is self.inodes.root:
+        """The backing path of *node*, relative to root_fd."""
+        root = self.inodes.root
+        if node is root:
             return "."
-        if not node.links:
-            # A file reached by inode after its last name went (looked up, then
-            # unlinked or replaced by rename, e.g. write-tmp-then-rename): ESTALE
-            # makes the kernel redo the path walk with LOOKUP_REVAL and find the
-            # new file, as open/stat on a local fs would; ENOENT would be a lie.
-            # (Open files never get here: they are served from node.file.)
-            raise pyfuse3.FUSEError(errno.ENOENT if node.is_dir else errno.ESTALE)
-        link = node.links[0]
-        return join(self._rel(link.parent), link.b_name)
+        parts = []
+        while node is not root:  # a loop, not recursion: nearly every request comes here
+            if not node.links:
+                # A file reached by inode after its last name went (looked up, then
+                # unlinked or replaced by rename, e.g. write-tmp-then-rename): ESTALE
+                # makes the kernel redo the path walk with LOOKUP_REVAL and find the
+                # new file, as open/stat on a local fs would; ENOENT would be a lie.
+                # (Open files never get here: they are served from node.file.)
+                raise pyfuse3.FUSEError(errno.ENOENT if node.is_dir else errno.ESTALE)
+            link = node.links[0]
+            parts.append(link.b_name)
+            node = link.parent
+        parts.reverse()
+        return "/".join(parts)
 
     def _plain_path(self, node: Node) -> str:
         parts = []
@@ -228,27 +269,63 @@ class Operations(pyfuse3.Operations):
         except (OSError, UmbrafsError):
             return 0
 
-    def _entry(self, parent: Node, p_name: bytes, c_name: str, b_name: str, count: bool = True) -> tuple[Node, pyfuse3.EntryAttributes]:
-        st = self._lstat(join(self._rel(parent), b_name))
+    def _entry(
+        self, parent: Node, p_name: bytes, c_name: str, b_name: str, count: bool = True, parent_rel: str | None = None
+    ) -> tuple[Node, pyfuse3.EntryAttributes]:
+        st = self._lstat(join(self._rel(parent) if parent_rel is None else parent_rel, b_name))
         node = self.inodes.remember(st, Link(parent, p_name, c_name, b_name), count)
         return node, self._attr(st, node)
 
-    def _emit(self, op: str, node: Node, ctx: pyfuse3.RequestContext | None = None, **fields: int) -> None:
+    def _emit(
+        self, op: str, ctx: pyfuse3.RequestContext | _Handle | None, path: str, node: Node | None = None, *,
+        path2: str = "", result: int = 0, detail: dict[str, str | int | bool] | None = None, **counts: int,
+    ) -> None:
         if self.events is None:
             return
         try:
+            file_id = ""
+            if node is not None:
+                if node.file is not None:
+                    file_id = node.file.file_id.hex()
+                elif node.keys is not None:
+                    file_id = node.keys.dir_id.hex()
             self.events.emit(
-                Event(op, node.ino, self._plain_path(node), uid=ctx.uid if ctx else 0, pid=ctx.pid if ctx else 0, **fields)
+                op, uid=ctx.uid if ctx else 0, pid=ctx.pid if ctx else 0, path=path, path2=path2,
+                file_id=file_id, result=result, detail=detail, **counts,
             )
         except Exception:  # a sink must never take a request down
             log.exception("event sink failed")
+
+    def _refused(self, op: str, args: tuple[Any, ...], code: int) -> None:
+        """Record a namespace change or open that was refused (EACCES, EROFS, EIO…)."""
+        if self.events is None:
+            return
+        try:
+            ctx = args[-1] if isinstance(args[-1], pyfuse3.RequestContext) else None
+            path2 = ""
+            if op == "rename":
+                path = self._child_path(self._node(args[0]), args[1])
+                path2 = self._child_path(self._node(args[2]), args[3])
+            elif op == "link":
+                path, path2 = self._plain_path(self._node(args[0])), self._child_path(self._node(args[1]), args[2])
+            elif op in ("setattr", "open"):
+                path = self._plain_path(self._node(args[0]))
+            else:
+                path = self._child_path(self._node(args[0]), args[1])
+        except pyfuse3.FUSEError:
+            return
+        self._emit(op, ctx, path, path2=path2, result=code)
+
+    def _child_path(self, parent: Node, name: bytes) -> str:
+        base = self._plain_path(parent)
+        return base.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
 
     def _chown_new(self, rel: str, parent: Node, ctx: pyfuse3.RequestContext, is_dir: bool = False) -> None:
         """As root, new entries belong to the caller (and a setgid dir's group)."""
         if not backing.IS_ROOT:
             return
         gid = ctx.gid
-        pst = self._lstat(self._rel(parent))
+        pst = self._lstat(rel.rpartition("/")[0] or ".")  # the parent's backing path
         if ctx.uid == 0 and gid == 0 and not pst.st_mode & stat.S_ISGID:
             return  # already root's
         if pst.st_mode & stat.S_ISGID:
@@ -421,15 +498,17 @@ class Operations(pyfuse3.Operations):
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1
             os.chown(target, uid, gid, **at, **nofollow)
-        if fields.update_atime or fields.update_mtime:
+        if fields.update_atime and fields.update_mtime:  # tar, cp -p, touch: no stat needed
+            os.utime(target, ns=(attr.st_atime_ns, attr.st_mtime_ns), **at, **nofollow)
+        elif fields.update_atime or fields.update_mtime:
             st = os.stat(target, **at, **nofollow) if isinstance(target, str) else os.fstat(target)
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(target, ns=(atime, mtime), **at, **nofollow)
-        self._emit("setattr", node, ctx)
+        self._emit("setattr", ctx, self._plain_path(node), node)
         if node.file is not None:
             return self._attr(os.fstat(node.file.fd), node)
-        return self._attr(self._lstat(self._rel(node)), node)
+        return self._attr(self._lstat(target if isinstance(target, str) else self._rel(node)), node)
 
     @_fuse
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -490,8 +569,9 @@ class Operations(pyfuse3.Operations):
         node, attr = self._new_file(parent, name, mode, ctx)
         assert node.file is not None
         node.file.refs += 1
-        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx))
-        self._emit("create", node, ctx)
+        path = self._child_path(parent, name)
+        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags))
+        self._emit("create", ctx, path, node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), attr
 
     @_fuse
@@ -503,7 +583,7 @@ class Operations(pyfuse3.Operations):
             assert node.file is not None
             node.file.refs += 1
             self._close_file(node)
-            self._emit("create", node, ctx)
+            self._emit("create", ctx, self._plain_path(node), node)
             return attr
         c_name, b_name = self._name(parent, name)
         parent_rel = self._rel(parent)
@@ -516,7 +596,7 @@ class Operations(pyfuse3.Operations):
             raise
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
-        self._emit("mknod", node, ctx)
+        self._emit("mknod", ctx, self._plain_path(node), node)
         return attr
 
     @_fuse
@@ -541,9 +621,9 @@ class Operations(pyfuse3.Operations):
             os.rmdir(rel, dir_fd=self.root_fd)
             self._drop_longname(parent_rel, c_name, b_name)
             raise
-        node, attr = self._entry(parent, name, c_name, b_name)
+        node, attr = self._entry(parent, name, c_name, b_name, parent_rel=parent_rel)
         node.keys = keys
-        self._emit("mkdir", node, ctx)
+        self._emit("mkdir", ctx, self._plain_path(node), node)
         return attr
 
     @_fuse
@@ -563,7 +643,7 @@ class Operations(pyfuse3.Operations):
         rel = join(parent_rel, b_name)
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
-        self._emit("symlink", node, ctx)
+        self._emit("symlink", ctx, self._plain_path(node), node)
         return attr
 
     @_fuse
@@ -593,7 +673,7 @@ class Operations(pyfuse3.Operations):
             self._drop_longname(parent_rel, c_name, b_name)
             raise
         new_node, attr = self._entry(new_parent, new_name, c_name, b_name)
-        self._emit("link", new_node, ctx)
+        self._emit("link", ctx, self._plain_path(node), new_node, path2=self._child_path(new_parent, new_name))
         return attr
 
     # -- removing entries -----------------------------------------------------
@@ -614,9 +694,9 @@ class Operations(pyfuse3.Operations):
         os.unlink(rel, dir_fd=self.root_fd)
         self._drop_longname(parent_rel, c_name, b_name)
         node = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
+        self._emit("unlink", ctx, self._child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
-            self._emit("unlink", node, ctx)
 
     def _empty_dir_header(self, rel: str) -> bytes:
         """Check *rel* is logically empty; remove its header and return it (for undo)."""
@@ -655,8 +735,8 @@ class Operations(pyfuse3.Operations):
             raise
         self._drop_longname(parent_rel, c_name, b_name)
         node = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
+        self._emit("rmdir", ctx, self._child_path(parent, name), node)
         if node is not None:
-            self._emit("rmdir", node, ctx)
             node.drop_link(parent, c_name)
             node.keys = None
 
@@ -759,8 +839,8 @@ class Operations(pyfuse3.Operations):
                 dst.add_link(Link(old_parent, name_old, c_old, b_old))
             elif dst.is_dir:
                 dst.keys = None
+        self._emit("rename", ctx, self._child_path(old_parent, name_old), src, path2=self._child_path(new_parent, name_new))
         if src is not None:
-            self._emit("rename", src, ctx)
             if cross and stat.S_ISLNK(st_src.st_mode):
                 # The symlink was re-created (new backing inode).  The kernel keeps the
                 # old inode on the moved dentry; with no links it answers ESTALE and the
@@ -849,7 +929,8 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             self._close_file(node)
             raise
-        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx))
+        path = self._plain_path(node)
+        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_fuse
@@ -873,7 +954,7 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             pass
         log.error("integrity: backing file %s (inode %d): %s", rel, node.ino, exc)
-        self._emit("integrity", node, None, result=errno.EIO)
+        self._emit("integrity", None, self._plain_path(node), node, result=errno.EIO)
 
     @_fuse
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -908,8 +989,10 @@ class Operations(pyfuse3.Operations):
         if not isinstance(handle, _Handle):
             return
         self._emit(
-            "open-session", handle.node, None,
-            bytes_read=handle.bytes_read, bytes_written=handle.bytes_written, reads=handle.reads, writes=handle.writes,
+            "access", handle, handle.path, handle.node, bytes_read=handle.bytes_read, bytes_written=handle.bytes_written,
+            reads=handle.reads, writes=handle.writes, opened_ns=handle.opened_ns,
+            # Re-reads served from the page cache never reach us: the size says what the session could see.
+            detail={"mode": _access_mode(handle.flags), "size": handle.node.file.size if handle.node.file else 0},
         )
         self._close_file(handle.node)
 
@@ -1003,6 +1086,8 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if not self.enable_xattr:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self._writable()
         self._user_ns(name)
         node = self._node(inode)
@@ -1011,6 +1096,8 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not self.enable_xattr:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking (see enable_xattr)
         if not name.startswith(b"user."):
             # EOPNOTSUPP (not ENODATA) for ACLs and security labels: ls, cp and the
             # kernel then stop asking for this device, saving a round trip per file.
@@ -1030,8 +1117,8 @@ class Operations(pyfuse3.Operations):
     @_fuse
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._node(inode)
-        if node.fmt not in (stat.S_IFREG, stat.S_IFDIR):
-            return []
+        if node.fmt not in (stat.S_IFREG, stat.S_IFDIR) or not self.enable_xattr:
+            return []  # none, rather than an error: cp -a and rsync -X then copy quietly
         cipher = self._xattr(node)
         names = []
         for b_name in self._xattr_call(os.listxattr, node):
@@ -1042,6 +1129,8 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if not self.enable_xattr:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self._writable()
         self._user_ns(name)
         node = self._node(inode)
