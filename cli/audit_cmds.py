@@ -19,6 +19,7 @@ import click
 from daemon import client
 from daemon.errors import DaemonError
 from daemon.paths import anchor_path, ledger_path, saved_vault_anchors
+from ledger.errors import LedgerError
 from ledger.events import OPS
 
 from . import exitcodes
@@ -158,6 +159,51 @@ def check_proof(state: State, proof_file, identity: str | None) -> None:  # type
         click.echo("umbrafs: the proof does NOT hold", err=True)
         sys.exit(exitcodes.LEDGER_INVALID)
     click.echo(f"proof holds: entry {doc['idx']} is in the signed tree of size {doc['size']}")
+
+
+@audit.command()
+@click.argument("saved", type=click.File("rb"))
+@identity_option
+@click.option("--json", "as_json", is_flag=True, help="Print the proof document too.")
+@click.pass_obj
+def consistency(state: State, saved, identity: str | None, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Prove the ledger only grew since SAVED, a checkpoint you kept (e.g. a copy of an anchor file).
+
+    Checks both signatures and an RFC 6962 consistency proof from SAVED to the latest checkpoint;
+    exit 21 if the ledger was rewritten, cut or forked since.
+    """
+    from ledger import merkle, read, store
+    from ledger.checkpoint import Checkpoint, verify_checkpoint
+
+    public_key = signing_public_key(state, identity)
+    try:
+        old = Checkpoint.from_json(saved.read())
+    except (ValueError, LedgerError) as exc:
+        raise click.ClickException(f"{saved.name}: not a checkpoint: {exc}") from None
+    with contextlib.suppress(DaemonError):
+        client.request(state.home, {"type": "checkpoint"})
+    conn = store.open_readonly(_ledger(state))
+    try:
+        new = read.latest_checkpoint(conn)
+        proof = store.consistency_proof(conn, old.size, new.size) if new and new.size >= old.size else []
+    finally:
+        conn.close()
+    problem = None
+    if not verify_checkpoint(old, public_key):
+        problem = f"{saved.name} is not signed by this identity"
+    elif new is None or not verify_checkpoint(new, public_key):
+        problem = "the ledger has no validly signed checkpoint"
+    elif new.size < old.size:
+        problem = f"the ledger's latest checkpoint covers {new.size} entries, fewer than the {old.size} you saved: it was cut or replaced"
+    elif not merkle.verify_consistency(old.size, new.size, old.root, new.root, proof):
+        problem = f"the first {old.size} entries are not the ones you saved a checkpoint of: the ledger was rewritten"
+    if as_json:
+        click.echo(json.dumps({"old": old.to_dict(), "new": new.to_dict() if new else None,
+                               "proof": [h.hex() for h in proof], "holds": problem is None}, indent=2, sort_keys=True))
+    if problem:
+        click.echo(f"umbrafs: consistency does NOT hold: {problem}", err=True)
+        sys.exit(exitcodes.LEDGER_INVALID)
+    click.echo(f"consistent: the ledger grew from {old.size} to {new.size} entries without changing the first {old.size}")
 
 
 @audit.command()

@@ -344,3 +344,43 @@ def test_rolling_back_the_whole_state_directory_is_caught_by_the_vault_anchor(ae
     assert result.returncode == 21 and str(vault) in result.stdout + result.stderr
     refused = aenv.run("daemon", "start", "--passphrase-file", aenv.passfile)
     assert refused.returncode == 21 and refused.stderr.count("\n") == 1, refused.stderr
+
+
+def test_consistency_with_a_saved_checkpoint(aenv: Env, daemon: Daemon) -> None:
+    vault = aenv.init(aenv.tmp / "vault")
+    with live_mount(aenv, vault, aenv.tmp / "mnt") as m:
+        (m.path / "one").write_text("1")
+        aenv.run("audit", "verify", check=True)  # makes the daemon sign what it has
+        saved = aenv.tmp / "saved-checkpoint.json"
+        shutil.copy(aenv.home / "ledger-checkpoint.json", saved)
+        for i in range(30):
+            (m.path / f"more-{i}").write_text("2")
+    result = aenv.run("audit", "consistency", saved, "--json", check=True)
+    doc = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert doc["holds"] and doc["new"]["size"] > doc["old"]["size"] and doc["proof"]
+    assert "consistent: the ledger grew" in result.stdout
+    forged = json.loads(saved.read_text())
+    forged["root"] = "00" * 32
+    saved.write_text(json.dumps(forged))
+    bad = aenv.run("audit", "consistency", saved)
+    assert bad.returncode == 21 and "not signed by this identity" in bad.stderr
+
+
+def test_a_ledger_started_afresh_is_not_consistent_with_a_saved_checkpoint(aenv: Env, daemon: Daemon) -> None:
+    """Even someone with the identity's passphrase cannot replace the history unnoticed by an auditor."""
+    vault = aenv.init(aenv.tmp / "vault")
+    with live_mount(aenv, vault, aenv.tmp / "mnt") as m:
+        for i in range(20):
+            (m.path / f"evidence-{i}").write_text("x")
+    daemon.stop()
+    saved = aenv.tmp / "saved-checkpoint.json"
+    shutil.copy(aenv.home / "ledger-checkpoint.json", saved)
+    for path in [*aenv.home.glob("ledger*"), aenv.home / "vault-anchors.json", *vault.glob(".umbrafs.ledger-*")]:
+        path.unlink()
+    daemon.start()
+    with live_mount(aenv, vault, aenv.tmp / "mnt") as m:
+        for i in range(40):
+            (m.path / f"innocent-{i}").write_text("y")
+    assert "ledger ok" in aenv.run("audit", "verify", check=True).stdout  # self-consistent on its own
+    bad = aenv.run("audit", "consistency", saved)
+    assert bad.returncode == 21 and "rewritten" in bad.stderr, bad.stderr
