@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 MODES = ("best-effort", "required", "off")
 _QUEUE_MAX = 100_000  # beyond this, events wait in the spool only
 _RETRY = 1.0
+# Waking the delivery thread for every event cost a GIL hand-over per FUSE request
+# (tar x ran 2.4x slower): it wakes for the first event after a quiet spell, then
+# lets a batch gather for _LINGER seconds, unless _BATCH events are already waiting.
+_LINGER = 0.05
+_BATCH = 1000
 _COMM_TTL = 2.0
 
 
@@ -95,10 +100,12 @@ class AuditSink:
             )
             self._spool.append(seq, line)
             self._queue.append((seq, line))
-            if len(self._queue) > _QUEUE_MAX:
+            waiting = len(self._queue)
+            if waiting > _QUEUE_MAX:
                 self._queue.popleft()
                 self._overflowed = True
-            self._wake.notify()
+            if waiting == 1 or waiting == _BATCH:
+                self._wake.notify()
 
     def _process_name(self, pid: int) -> str:
         if pid <= 0:
@@ -200,6 +207,8 @@ class AuditSink:
             with self._lock:
                 while not self._queue and not self._stopping and not self._overflowed:
                     self._wake.wait(1.0)
+                if len(self._queue) < _BATCH and not self._stopping:
+                    self._wake.wait(_LINGER)
                 if self._overflowed:
                     # Some events are only in the spool now: a new hello makes the daemon read it.
                     self._overflowed = False
