@@ -20,6 +20,10 @@ fair peer of gocryptfs:
 O_DIRECT is stripped from the backing open (Python's buffers are not
 aligned); gocryptfs does the same for its backing files.
 
+pyfuse3 runs on the same trio shim as umbrafs (``fs.mount.quick_pyfuse3_trio``:
+no scheduler pass per request while requests keep coming), so this stays the
+ceiling for umbrafs; ``--plain-trio`` runs stock pyfuse3 + trio instead.
+
 Usage::
 
     python benchmarks/passthroughfs.py SOURCE MOUNTPOINT
@@ -30,6 +34,7 @@ exits when unmounted with ``fusermount3 -u MOUNTPOINT``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -38,6 +43,7 @@ import stat as stat_m
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import pyfuse3
 import trio
@@ -479,12 +485,25 @@ async def _serve() -> None:
         nursery.cancel_scope.cancel()
 
 
+def _quick_loop(plain: bool) -> contextlib.AbstractContextManager[None]:
+    if plain:
+        return contextlib.nullcontext()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    try:
+        from fs.mount import quick_pyfuse3_trio
+    except ImportError as exc:  # run outside the repository
+        log.warning("umbrafs's fs.mount not importable (%s): stock pyfuse3 loop", exc)
+        return contextlib.nullcontext()
+    return quick_pyfuse3_trio()
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="directory tree to mirror")
     parser.add_argument("mountpoint", help="where to mount it")
     parser.add_argument("--debug", action="store_true", help="debug logging")
     parser.add_argument("--debug-fuse", action="store_true", help="libfuse debug output")
+    parser.add_argument("--plain-trio", action="store_true", help="stock pyfuse3 + trio loop (no umbrafs shim)")
     return parser.parse_args(argv)
 
 
@@ -502,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pyfuse3.init(operations, args.mountpoint, options)
     log.info("mounted %s on %s", args.source, args.mountpoint)
     try:
-        trio.run(_serve)
+        with _quick_loop(args.plain_trio):
+            trio.run(_serve)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", args.mountpoint)
