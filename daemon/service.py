@@ -36,6 +36,7 @@ from .errors import DaemonError
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 2.0
+NICENESS = 10
 
 
 class Daemon:
@@ -240,6 +241,11 @@ async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
 async def run(home: Path, signer: Ed25519PrivateKey, ready: Callable[[], None] = lambda: None) -> None:
     """Open the ledger, serve until stopped, close (with a final checkpoint)."""
     pidfile = protocol.pidfile_path(home)
+    # Storing an event costs the daemon more CPU than emitting it costs the mount; on a
+    # busy machine the work people are doing comes first and the daemon catches up
+    # when it is idle (nothing is lost meanwhile: events wait in the socket and spool).
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     if running_pid(home) not in (None, os.getpid()):
         raise DaemonError(f"a daemon is already running (pid {running_pid(home)})")
     pidfile.write_text(f"{os.getpid()}\n")

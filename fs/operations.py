@@ -135,7 +135,8 @@ class Operations(pyfuse3.Operations):
         else:
             self.root_fd = open_dir(vault_path, root[0])
         self.read_only = read_only
-        self.events = events  # None: no audit sink attached (the daemon issue adds one)
+        self.events = events  # None: no audit sink attached
+        self._pending_setattr: list[Any] | None = None  # see _emit
         self.timeout = timeout
         self.inodes = InodeTable(os.fstat(self.root_fd).st_ino)
         if root is None:
@@ -152,7 +153,14 @@ class Operations(pyfuse3.Operations):
         self.initialized.set()
 
     def close(self) -> None:
+        if self.events is not None:
+            self.flush_events()
         os.close(self.root_fd)
+
+    async def flush_events_forever(self, interval: float = 1.0) -> None:
+        while True:
+            await trio.sleep(interval)
+            self.flush_events()
 
     # -- helpers ------------------------------------------------------------
 
@@ -277,11 +285,42 @@ class Operations(pyfuse3.Operations):
         return node, self._attr(st, node)
 
     def _emit(
-        self, op: str, ctx: pyfuse3.RequestContext | _Handle | None, path: str, node: Node | None = None, *,
-        path2: str = "", result: int = 0, detail: dict[str, str | int | bool] | None = None, **counts: int,
+        self, op: str, ctx: pyfuse3.RequestContext | _Handle | None, path: str | Callable[[], str],
+        node: Node | None = None, *, path2: str | Callable[[], str] = "", result: int = 0,
+        detail: dict[str, str | int | bool] | None = None, **counts: int,
     ) -> None:
         if self.events is None:
             return
+        # Paths come as callables so that a mount without auditing never builds them.
+        path = path() if callable(path) else path
+        path2 = path2() if callable(path2) else path2
+        if op == "setattr" and result == 0 and detail is not None:
+            # tar, cp -p and the kernel's own time updates send 3-5 SETATTRs per file: one
+            # event per run of them on one path by one process, listing what changed.
+            key = (path, ctx.uid if ctx else 0, ctx.pid if ctx else 0)
+            pending = self._pending_setattr
+            if pending is not None and pending[0] == key:
+                pending[3] += 1
+                pending[4].update(detail["changed"].split(","))
+                return
+            self.flush_events()
+            self._pending_setattr = [key, ctx, node, 1, set(detail["changed"].split(","))]
+            return
+        self.flush_events()
+        self._send_event(op, ctx, path, node, path2=path2, result=result, detail=detail, **counts)
+
+    def flush_events(self) -> None:
+        """Emit a held-back run of setattr events (the mount calls this every second too)."""
+        pending, self._pending_setattr = self._pending_setattr, None
+        if pending is not None:
+            (path, _, _), ctx, node, count, changed = pending
+            self._send_event("setattr", ctx, path, node, detail={"changed": ",".join(sorted(changed)), "count": count})
+
+    def _send_event(
+        self, op: str, ctx: pyfuse3.RequestContext | _Handle | None, path: str, node: Node | None = None, *,
+        path2: str = "", result: int = 0, detail: dict[str, str | int | bool] | None = None, **counts: int,
+    ) -> None:
+        assert self.events is not None
         try:
             file_id = ""
             if node is not None:
@@ -505,7 +544,10 @@ class Operations(pyfuse3.Operations):
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(target, ns=(atime, mtime), **at, **nofollow)
-        self._emit("setattr", ctx, self._plain_path(node), node)
+        changed = [name for name, on in (
+            ("size", fields.update_size), ("mode", fields.update_mode), ("owner", fields.update_uid or fields.update_gid),
+            ("atime", fields.update_atime), ("mtime", fields.update_mtime)) if on]
+        self._emit("setattr", ctx, lambda: self._plain_path(node), node, detail={"changed": ",".join(changed) or "none"})
         if node.file is not None:
             return self._attr(os.fstat(node.file.fd), node)
         return self._attr(self._lstat(target if isinstance(target, str) else self._rel(node)), node)
@@ -569,7 +611,7 @@ class Operations(pyfuse3.Operations):
         node, attr = self._new_file(parent, name, mode, ctx)
         assert node.file is not None
         node.file.refs += 1
-        path = self._child_path(parent, name)
+        path = self._child_path(parent, name) if self.events is not None else ""
         fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags))
         self._emit("create", ctx, path, node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), attr
@@ -583,7 +625,7 @@ class Operations(pyfuse3.Operations):
             assert node.file is not None
             node.file.refs += 1
             self._close_file(node)
-            self._emit("create", ctx, self._plain_path(node), node)
+            self._emit("create", ctx, lambda: self._plain_path(node), node)
             return attr
         c_name, b_name = self._name(parent, name)
         parent_rel = self._rel(parent)
@@ -596,7 +638,7 @@ class Operations(pyfuse3.Operations):
             raise
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
-        self._emit("mknod", ctx, self._plain_path(node), node)
+        self._emit("mknod", ctx, lambda: self._plain_path(node), node)
         return attr
 
     @_fuse
@@ -623,7 +665,7 @@ class Operations(pyfuse3.Operations):
             raise
         node, attr = self._entry(parent, name, c_name, b_name, parent_rel=parent_rel)
         node.keys = keys
-        self._emit("mkdir", ctx, self._plain_path(node), node)
+        self._emit("mkdir", ctx, lambda: self._plain_path(node), node)
         return attr
 
     @_fuse
@@ -643,7 +685,7 @@ class Operations(pyfuse3.Operations):
         rel = join(parent_rel, b_name)
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
-        self._emit("symlink", ctx, self._plain_path(node), node)
+        self._emit("symlink", ctx, lambda: self._plain_path(node), node)
         return attr
 
     @_fuse
@@ -673,7 +715,7 @@ class Operations(pyfuse3.Operations):
             self._drop_longname(parent_rel, c_name, b_name)
             raise
         new_node, attr = self._entry(new_parent, new_name, c_name, b_name)
-        self._emit("link", ctx, self._plain_path(node), new_node, path2=self._child_path(new_parent, new_name))
+        self._emit("link", ctx, lambda: self._plain_path(node), new_node, path2=lambda: self._child_path(new_parent, new_name))
         return attr
 
     # -- removing entries -----------------------------------------------------
@@ -694,7 +736,7 @@ class Operations(pyfuse3.Operations):
         os.unlink(rel, dir_fd=self.root_fd)
         self._drop_longname(parent_rel, c_name, b_name)
         node = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
-        self._emit("unlink", ctx, self._child_path(parent, name), node)
+        self._emit("unlink", ctx, lambda: self._child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
 
@@ -735,7 +777,7 @@ class Operations(pyfuse3.Operations):
             raise
         self._drop_longname(parent_rel, c_name, b_name)
         node = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
-        self._emit("rmdir", ctx, self._child_path(parent, name), node)
+        self._emit("rmdir", ctx, lambda: self._child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
             node.keys = None
@@ -839,7 +881,7 @@ class Operations(pyfuse3.Operations):
                 dst.add_link(Link(old_parent, name_old, c_old, b_old))
             elif dst.is_dir:
                 dst.keys = None
-        self._emit("rename", ctx, self._child_path(old_parent, name_old), src, path2=self._child_path(new_parent, name_new))
+        self._emit("rename", ctx, lambda: self._child_path(old_parent, name_old), src, path2=lambda: self._child_path(new_parent, name_new))
         if src is not None:
             if cross and stat.S_ISLNK(st_src.st_mode):
                 # The symlink was re-created (new backing inode).  The kernel keeps the
@@ -929,7 +971,7 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             self._close_file(node)
             raise
-        path = self._plain_path(node)
+        path = self._plain_path(node) if self.events is not None else ""
         fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -954,7 +996,7 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             pass
         log.error("integrity: backing file %s (inode %d): %s", rel, node.ino, exc)
-        self._emit("integrity", None, self._plain_path(node), node, result=errno.EIO)
+        self._emit("integrity", None, lambda: self._plain_path(node), node, result=errno.EIO)
 
     @_fuse
     async def write(self, fh: int, off: int, buf: bytes) -> int:
