@@ -69,7 +69,11 @@ def _describe(idx: int, event) -> str:  # type: ignore[no-untyped-def]
     where = event.path + (f" -> {event.path2}" if event.path2 else "")
     extra = ""
     if event.op == "access":
-        extra = f" read {event.bytes_read} B in {event.reads}, wrote {event.bytes_written} B in {event.writes}"
+        # Re-reads from the kernel's page cache never reach the mount: hence the file size too.
+        extra = (f" {event.detail.get('mode', '?')} of {event.detail.get('size', '?')} B: read {event.bytes_read} B"
+                 f" in {event.reads}, wrote {event.bytes_written} B in {event.writes}")
+    if event.op == "setattr" and "changed" in event.detail:
+        extra = f" ({event.detail['changed']})"
     return f"{idx:>8} {when} {event.op:<8} {event.result:<6} {who} {where}{extra}"
 
 
