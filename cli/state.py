@@ -46,16 +46,29 @@ class State:
     def mount_record_path(self, mountpoint: Path) -> Path:
         return self.mounts_dir / f"{self._key(mountpoint)}.json"
 
+    def control_path(self, mountpoint: Path) -> Path:
+        """The mount's control socket (fs/control.py, daemon/mounts.py)."""
+        return self.mounts_dir / f"{self._key(mountpoint)}.sock"
+
     def log_path(self, mountpoint: Path) -> Path:
         return self.logs_dir / f"mount-{self._key(mountpoint)}.log"
 
-    def register_mount(self, mountpoint: Path, vault: Path, read_only: bool) -> None:
+    def register_mount(
+        self, mountpoint: Path, vault: Path, read_only: bool, *, source: str = "", vault_id: str = "",
+        share_id: str = "", identity: str = "",
+    ) -> None:
         record = {
             "pid": os.getpid(),
             "mountpoint": str(mountpoint.absolute()),
             "vault": str(vault.absolute()),
             "read_only": read_only,
             "started": time.time(),
+            "source": source,  # the AuditSink source of the mount's events ("" if auditing is off)
+            "vault_id": vault_id,
+            "share_id": share_id,
+            "identity": identity,
+            "uid": os.getuid(),
+            "control": str(self.control_path(mountpoint)),
         }
         path = self.mount_record_path(mountpoint)
         tmp = path.with_suffix(".tmp")

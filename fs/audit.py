@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from daemon import protocol
+from daemon.clock import now_ns
 from daemon.spool import SpoolWriter
 from ledger.events import encode_fields
 
@@ -90,7 +91,7 @@ class AuditSink:
         self, op: str, *, uid: int = 0, pid: int = 0, path: str = "", path2: str = "", file_id: str = "",
         result: int = 0, detail: Mapping[str, Any] | None = None, **counts: int,
     ) -> None:
-        now = time.time_ns()
+        now = now_ns()  # the event clock (simulated in evaluations, see daemon/clock.py)
         with self._lock:
             self._seq += 1
             seq = self._seq

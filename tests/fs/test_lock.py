@@ -1,0 +1,156 @@
+"""`umbrafs lock` / `unlock` and the unmount request, on real mounts through the real CLI.
+
+Owner mounts unlock with the vault passphrase; a share recipient's mount with the
+identity passphrase, its key fetched again through real proxy processes.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cli import exitcodes
+from daemon.mounts import find_by_mountpoint, request
+from tests.cli import test_sharing
+from tests.cli.test_sharing import World
+from tests.conftest import Env, Mount, is_mounted, live_mount, process_gone
+
+
+# Fixtures of the sharing tests: alice, bob, three proxy processes (used by the share-mount test).
+world = test_sharing.world
+w = test_sharing.w
+
+
+def _state(env: Env, mnt: Path) -> dict:
+    out = env.run("mounts", "--json", check=True).stdout.splitlines()
+    return next(json.loads(line) for line in out if json.loads(line)["mountpoint"] == str(mnt))
+
+
+def _refused(probe) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PermissionError):
+        probe()
+
+
+def test_lock_refuses_access_and_unlock_restores(env: Env, mounted: Mount) -> None:
+    m = mounted.path
+    (m / "docs").mkdir()
+    (m / "docs" / "plan.txt").write_text("secret plan\n")
+    (m / "data.bin").write_bytes(os.urandom(100_000))
+    assert (m / "docs" / "plan.txt").read_text() == "secret plan\n"  # now in the page cache
+    fd = os.open(m / "docs" / "plan.txt", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 100, 0) == b"secret plan\n"
+        out = env.run("lock", m, "--reason", "test", check=True)
+        assert out.stdout.strip() == f"{m}: locked"
+        assert _state(env, m)["state"] == "locked" and _state(env, m)["lock_reason"] == "test"
+        _refused(lambda: os.listdir(m))
+        _refused(lambda: (m / "docs" / "plan.txt").read_text())
+        _refused(lambda: os.stat(m / "data.bin"))
+        _refused(lambda: (m / "new.txt").write_text("x"))
+        _refused(lambda: os.pread(fd, 100, 0))  # the cached pages were dropped
+        assert os.stat(m).st_ino == 1  # the root's own attributes still answer
+        assert env.run("lock", m, check=True).stdout.strip() == f"{m}: already locked"
+
+        wrong = env.tmp / "wrong"
+        wrong.write_text("not the passphrase\n")
+        result = env.run("unlock", m, "--passphrase-file", wrong)
+        assert result.returncode == exitcodes.WRONG_PASSPHRASE
+        assert result.stderr.count("\n") == 1 and "wrong passphrase" in result.stderr and "Traceback" not in result.stderr
+        _refused(lambda: os.listdir(m))
+        assert _state(env, m)["state"] == "locked"
+
+        assert env.run("unlock", m, "--passphrase-file", env.passfile, check=True).stdout.strip() == f"{m}: unlocked"
+        assert sorted(os.listdir(m)) == ["data.bin", "docs"]
+        assert (m / "docs" / "plan.txt").read_text() == "secret plan\n"
+        assert os.pread(fd, 100, 0) == b"secret plan\n"  # handles opened before the lock work again
+        (m / "docs" / "after.txt").write_text("written after unlock\n")
+        assert (m / "docs" / "after.txt").read_text() == "written after unlock\n"
+        assert _state(env, m)["state"] == "unlocked"
+        assert env.run("unlock", m, "--passphrase-file", env.passfile, check=True).stdout.strip() == f"{m}: not locked"
+    finally:
+        os.close(fd)
+    # What was written before and after the lock survives a remount byte for byte.
+    mounted.remount()
+    assert (m / "docs" / "after.txt").read_text() == "written after unlock\n"
+    assert len((m / "data.bin").read_bytes()) == 100_000
+
+
+def test_lock_of_an_unknown_mountpoint_is_one_line(env: Env, tmp_path: Path) -> None:
+    result = env.run("lock", tmp_path)
+    assert result.returncode == exitcodes.MOUNTPOINT and result.stderr.count("\n") == 1
+
+
+def _wait_gone(mount: Mount, record: Path, sock: Path) -> None:
+    deadline = time.monotonic() + 20
+    while is_mounted(mount.path) or not process_gone(mount.pid) or record.exists():
+        assert time.monotonic() < deadline, "the mount did not go away"
+        time.sleep(0.05)
+    assert not sock.exists()
+
+
+def test_unmount_request(env: Env, vault: Path) -> None:
+    with live_mount(env, vault, env.tmp / "mnt") as mount:
+        (mount.path / "f").write_text("kept\n")
+        info = find_by_mountpoint(env.home, mount.path)
+        assert info is not None
+        assert request(info, {"type": "unmount", "reason": "test"}) == {"type": "unmounting"}
+        _wait_gone(mount, Path(info.record), Path(info.control))
+    with live_mount(env, vault, env.tmp / "mnt") as again:
+        assert (again.path / "f").read_text() == "kept\n"
+
+
+def test_unmount_request_while_busy_detaches_and_exits(env: Env, vault: Path) -> None:
+    with live_mount(env, vault, env.tmp / "mnt") as mount:
+        (mount.path / "f").write_text("open\n")
+        fd = os.open(mount.path / "f", os.O_RDONLY)
+        try:
+            info = find_by_mountpoint(env.home, mount.path)
+            assert info is not None
+            assert request(info, {"type": "unmount", "reason": "busy test"})["type"] == "unmounting"
+            _wait_gone(mount, Path(info.record), Path(info.control))
+            with pytest.raises(OSError) as caught:
+                os.pread(fd, 10, 0)
+            assert caught.value.errno in (errno.ENOTCONN, errno.EACCES, errno.ECONNABORTED)
+        finally:
+            with contextlib.suppress(OSError):  # ENOTCONN: the session is gone
+                os.close(fd)
+        assert "detaching lazily" in mount.log()
+
+
+@pytest.mark.slow  # three proxy processes and two identities: ~30 s on the shared CI machine
+def test_share_mounts_lock_and_unlock_with_the_identity_passphrase(w: World) -> None:
+    share_id = w.share("/projects/x/sub")
+    with live_mount(w.bob, w.vault, w.tmp / "lockview", "--share", share_id, "--identity", "bob") as view:
+        assert w.bob.mount_record(view.path)["share_id"] == share_id
+        assert (view.path / "b.txt").read_text() == "beta\n"
+        w.bob.run("lock", view.path, "--reason", "test", check=True)
+        _refused(lambda: (view.path / "b.txt").read_text())
+        _refused(lambda: os.listdir(view.path))
+        # The vault's passphrase is not bob's: still locked.
+        result = w.bob.run("unlock", view.path, "--passphrase-file", w.alice.passfile)
+        assert result.returncode == exitcodes.WRONG_PASSPHRASE, result.stderr
+        _refused(lambda: os.listdir(view.path))
+        w.bob.run("unlock", view.path, "--passphrase-file", w.bob.passfile, check=True)
+        assert (view.path / "b.txt").read_text() == "beta\n"
+        # Revoked while locked: the proxies refuse the key, the mount stays locked.
+        w.bob.run("lock", view.path, check=True)
+        w.alice.run("revoke", w.drive / "projects" / "x" / "sub", "--from", "bob", "--passphrase-file", w.alice.passfile,
+                    "--vault-passphrase-file", w.alice.passfile, check=True)
+        result = w.bob.run("unlock", view.path, "--passphrase-file", w.bob.passfile)
+        assert result.returncode == exitcodes.ERROR and "revoked" in result.stderr and result.stderr.count("\n") == 1
+        _refused(lambda: (view.path / "b.txt").read_text())
+    # A shared single file: its DEK goes and comes back the same way.
+    share_id = w.share("/projects/x/a.txt")
+    with live_mount(w.bob, w.vault, w.tmp / "filelock", "--share", share_id, "--identity", "bob") as view:
+        assert (view.path / "a.txt").read_text() == "alpha\n"
+        w.bob.run("lock", view.path, check=True)
+        _refused(lambda: (view.path / "a.txt").read_text())
+        _refused(lambda: os.listdir(view.path))
+        w.bob.run("unlock", view.path, "--passphrase-file", w.bob.passfile, check=True)
+        assert os.listdir(view.path) == ["a.txt"]
+        assert (view.path / "a.txt").read_text() == "alpha\n"
