@@ -37,9 +37,11 @@ def proxy() -> None:
               help="Public identity file (identity export) of an admin; repeatable. Admins are kept in the database.")
 @click.option("--pidfile", type=click.Path(dir_okay=False, path_type=Path), help="Write the process id here once listening.")
 @click.option("--window", type=click.IntRange(1, 3600), default=60, show_default=True, help="Allowed clock difference of signed requests, seconds.")
+@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Processes that re-encrypt beside the one serving HTTP (0: all in one process).")
 @click.pass_obj
 def serve(state: State, host: str, port: int, db: Path | None, admins: tuple[Path, ...], pidfile: Path | None,
-          window: int) -> None:
+          window: int, workers: int) -> None:
     """Run a proxy until SIGTERM or Ctrl-C; prints its URL once it accepts connections."""
     from proxy import server  # aiohttp is only needed here
 
@@ -52,7 +54,7 @@ def serve(state: State, host: str, port: int, db: Path | None, admins: tuple[Pat
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("proxy").setLevel(logging.INFO)  # the startup line and refused requests
     config = server.ServeConfig(host, port, (db or default_db(state, port)).absolute(), publics,
-                                pidfile.absolute() if pidfile else None, window)
+                                pidfile.absolute() if pidfile else None, window, workers=workers)
 
     def ready(url: str) -> None:
         click.echo(f"listening on {url}")
@@ -67,26 +69,63 @@ def _client(state: State, url: str, name: str | None, passphrase_file: Path | No
     return ProxyClient(url, unlock(state, resolve_identity(state, name), passphrase_file))
 
 
-@proxy.command()
-@click.argument("url")
-@click.argument("who")
-@click.option("--role", type=click.Choice(["reader", "owner", "admin"]), default="reader", show_default=True)
-@click.option("--identity", "as_name", metavar="NAME", help="Your (admin) identity (default: the only one).")
-@passphrase_file_option
-@click.pass_obj
-def register(state: State, url: str, who: str, role: str, as_name: str, passphrase_file: Path | None) -> None:
-    """Register WHO (an identity or contact name, or a public identity file) at the proxy URL."""
+def _public_of(state: State, who: str) -> identity_mod.PublicIdentity:
+    """WHO: a public identity file (a path, or a name ending in .pub), else an identity or contact name."""
     if "/" in who or who.endswith(".pub"):
         try:
             text = Path(who).read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise IdentityError(f"cannot read {who}: {exc.strerror}") from None
-        public = identity_mod.parse_public(text)
-    else:
-        public = identity_mod.load_public(state.home, who)
-    with _client(state, url, as_name, passphrase_file) as client:
-        user = client.register(public, role)
-    click.echo(f"{user['name']} ({user['fingerprint'][:16]}) is {user['role']} at {client.url}")
+        return identity_mod.parse_public(text)
+    return identity_mod.load_public(state.home, who)
+
+
+def _scope_of(state: State, scope: tuple[str, ...]) -> list[str]:
+    """--scope values as fingerprints: "*" alone, 64 hex digits as they are, names through contacts."""
+    if "*" in scope:
+        if len(scope) > 1:
+            raise click.UsageError("--scope '*' covers every recipient: give it alone")
+        return ["*"]
+    out = []
+    for item in scope:
+        if len(item) == 64 and all(c in "0123456789abcdef" for c in item):
+            out.append(item)
+        else:
+            out.append(identity_mod.load_public(state.home, item).fingerprint)
+    return sorted(set(out))
+
+
+@proxy.command()
+@click.argument("args", nargs=-1, required=True, metavar="[URL] WHO")
+@click.option("--proxy", "proxies", multiple=True, metavar="URL", help="A proxy to register at (repeatable; instead of URL).")
+@click.option("--role", type=click.Choice(["reader", "owner", "admin", "guard"]), default="reader", show_default=True)
+@click.option("--scope", multiple=True, metavar="NAME_OR_FINGERPRINT",
+              help="A guard's recipients: contact name, fingerprint, or '*' for all; repeatable (guards only).")
+@click.option("--identity", "as_name", metavar="NAME", help="Your (admin) identity (default: the only one).")
+@passphrase_file_option
+@click.pass_obj
+def register(state: State, args: tuple[str, ...], proxies: tuple[str, ...], role: str, scope: tuple[str, ...],
+             as_name: str, passphrase_file: Path | None) -> None:
+    """Register WHO (an identity or contact name, or a public identity file) at the proxy URL.
+
+    A guard (--role guard --scope NAME…) may only revoke grants whose recipient is in its scope."""
+    from proxy.client import ProxyClient
+
+    if len(args) > 2:
+        raise click.UsageError("give [URL] WHO")
+    urls = [args[0], *proxies] if len(args) == 2 else list(proxies)
+    if not urls:
+        raise click.UsageError("give the proxy's URL (or --proxy URL, repeatable)")
+    if (role == "guard") != bool(scope):
+        raise click.UsageError("--scope is required for --role guard, and only for it")
+    public = _public_of(state, args[-1])
+    fingerprints = _scope_of(state, scope) if scope else None
+    me = unlock(state, resolve_identity(state, as_name), passphrase_file)
+    for url in urls:
+        with ProxyClient(url, me) as client:
+            user = client.register(public, role, fingerprints)
+        extra = f" for {', '.join(s[:16] for s in user.get('scope', []))}" if role == "guard" else ""
+        click.echo(f"{user['name']} ({user['fingerprint'][:16]}) is {user['role']}{extra} at {client.url}")
 
 
 @proxy.command()

@@ -14,6 +14,7 @@ from typing import Any
 API_VERSION = "1"
 MAX_BODY = 64 * 1024  # a grant is ~1 KiB, a public identity < 1 KiB
 MAX_SHARES = 255
+MAX_BATCH = 100  # capsules per POST /v1/reencrypt (an item is ~200 B of JSON: far below MAX_BODY)
 GRANT_ID = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
@@ -59,6 +60,21 @@ def field_bytes(obj: dict[str, Any], name: str, length: int | None = None, max_l
     return data
 
 
+MAX_SCOPE = 1000
+
+
+def field_scope(obj: dict[str, Any]) -> tuple[str, ...]:
+    """A guard's scope: a non-empty list of recipient fingerprints, or ["*"] for every recipient."""
+    value = obj.get("scope")
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_SCOPE:
+        raise BadRequest(f"field 'scope' must be a list of 1..{MAX_SCOPE} recipient fingerprints, or [\"*\"]")
+    if value == ["*"]:
+        return ("*",)
+    if not all(isinstance(v, str) and FINGERPRINT.match(v) for v in value):
+        raise BadRequest("field 'scope' must hold fingerprints (64 hex digits), or be [\"*\"] alone")
+    return tuple(sorted(set(value)))
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -75,6 +91,9 @@ _AUTH_ERRORS = {
     "413": {**_ERROR, "description": "body larger than the limit"},
 }
 _SIGNED = [{"umbrafsSignature": []}]
+_ROLES = ("reader", "owner", "admin", "guard")
+_SCOPE = {"type": "array", "items": {"type": "string", "pattern": r"^([0-9a-f]{64}|\*)$"},
+          "minItems": 1, "maxItems": MAX_SCOPE}
 
 
 def _json_body(ref: str) -> dict[str, Any]:
@@ -116,10 +135,15 @@ def openapi() -> dict[str, Any]:
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "User": {"type": "object", "properties": {
                     "fingerprint": {"type": "string"}, "name": {"type": "string"},
-                    "role": {"type": "string", "enum": ["reader", "owner", "admin"]}}},
+                    "role": {"type": "string", "enum": list(_ROLES)},
+                    "scope": {**_SCOPE, "description": "a guard's recipients (guards only)"}}},
                 "RegisterRequest": {"type": "object", "required": ["identity", "role"], "properties": {
                     "identity": {"type": "string", "description": "public identity text (`umbrafs identity export`)"},
-                    "role": {"type": "string", "enum": ["reader", "owner", "admin"]}}},
+                    "role": {"type": "string", "enum": list(_ROLES), "description": (
+                        "reader < owner < admin, each may do what the ones before may; a guard may only "
+                        "revoke (and list and read) grants whose recipient is in its scope")},
+                    "scope": {**_SCOPE, "description": "required for a guard, absent otherwise: recipient "
+                                                       "fingerprints, or [\"*\"] for every recipient"}}},
                 "GrantRequest": {"type": "object", "required": [
                     "grant_id", "owner", "recipient", "delegating_pk", "verifying_pk", "receiving_pk",
                     "threshold", "shares", "kfrag"], "properties": {
@@ -143,6 +167,19 @@ def openapi() -> dict[str, Any]:
                     "capsule": _b64_schema("Umbral capsule")}},
                 "ReencryptResponse": {"type": "object", "properties": {
                     "cfrag": _b64_schema("CapsuleFrag; verify it (CapsuleFrag.verify) before use")}},
+                "BatchReencryptRequest": {"type": "object", "required": ["items"], "properties": {
+                    "items": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {
+                        "type": "object", "required": ["grant_id", "capsule"], "properties": {
+                            "grant_id": {"type": "string", "pattern": GRANT_ID.pattern},
+                            "capsule": _b64_schema("Umbral capsule")}}}}},
+                "BatchReencryptResponse": {"type": "object", "properties": {
+                    "results": {"type": "array", "description": "one per item, in order", "items": {
+                        "type": "object", "properties": {
+                            "grant_id": {"type": "string", "nullable": True},
+                            "status": {"type": "integer", "description": "200, or 400/403/404/410 as the "
+                                                                         "single endpoint would answer"},
+                            "cfrag": _b64_schema("with status 200: the CapsuleFrag (verify before use)"),
+                            "error": {"type": "string", "description": "otherwise: why"}}}}}},
                 "RevokeResponse": {"type": "object", "properties": {
                     "grant_id": {"type": "string"}, "revoked": {"type": "boolean"},
                     "already": {"type": "boolean", "description": "it was revoked before this request"}}},
@@ -168,7 +205,8 @@ def openapi() -> dict[str, Any]:
                          "responses": {"201": _json_response("stored", "Grant"),
                                        "200": _json_response("the same grant was stored before", "Grant"),
                                        "409": _ERROR, **_AUTH_ERRORS}},
-                "get": {"summary": "list grants: admin all, others those they own or receive",
+                "get": {"summary": "list grants: admin all, guards those whose recipient is in scope, "
+                                   "others those they own or receive",
                         "security": _SIGNED,
                         "parameters": [
                             {"name": "owner", "in": "query", "schema": {"type": "string"}},
@@ -177,13 +215,22 @@ def openapi() -> dict[str, Any]:
                         "responses": {"200": _json_response("grants", "GrantList"), **_AUTH_ERRORS}},
             },
             "/v1/grants/{grant_id}": {
-                "get": {"summary": "one grant (owner, recipient or admin)", "security": _SIGNED,
+                "get": {"summary": "one grant (owner, recipient, admin, or a guard of its recipient)",
+                        "security": _SIGNED,
                         "parameters": [grant_id_param],
                         "responses": {"200": _json_response("the grant", "Grant"), "404": _ERROR, **_AUTH_ERRORS}},
-                "delete": {"summary": "revoke: delete the kfrag (grant owner or admin; idempotent)",
+                "delete": {"summary": "revoke: delete the kfrag (grant owner, admin, or a guard whose scope "
+                                      "holds the grant's recipient; idempotent)",
                            "security": _SIGNED, "parameters": [grant_id_param],
                            "responses": {"200": _json_response("revoked", "RevokeResponse"), "404": _ERROR,
                                          **_AUTH_ERRORS}},
+            },
+            "/v1/reencrypt": {
+                "post": {"summary": "re-encrypt several capsules of the caller's grants in one signed request "
+                                   "(each item answers on its own; the caller must be each grant's recipient)",
+                         "security": _SIGNED, "requestBody": _json_body("BatchReencryptRequest"),
+                         "responses": {"200": _json_response("one result per item", "BatchReencryptResponse"),
+                                       **_AUTH_ERRORS}},
             },
             "/v1/grants/{grant_id}/reencrypt": {
                 "post": {"summary": "re-encrypt a capsule for the grant's recipient (the recipient only)",

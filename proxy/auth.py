@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from .identity import Identity
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 H_KEY = "X-Umbrafs-Key"
 H_TIME = "X-Umbrafs-Time"
@@ -36,6 +36,27 @@ DEFAULT_WINDOW = 60  # seconds either side of the proxy's clock
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _TIME = re.compile(r"^[0-9]{1,12}$")
+
+
+class RequestSigner(Protocol):
+    """Whatever signs requests: an unlocked `proxy.identity.Identity`, or a `KeySigner`."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeySigner:
+    """Only what signing requests needs — the fingerprint the proxy knows the caller by and the
+    Ed25519 secret key — for a process that keeps no Umbral keys (the audit daemon as a guard)."""
+
+    fingerprint: str
+    key: Ed25519PrivateKey = field(repr=False)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message)
 
 
 class AuthError(Exception):
@@ -58,7 +79,7 @@ def signing_message(method: str, path_qs: str, body: bytes, time: int, nonce: st
     )
 
 
-def sign_request(identity: Identity, method: str, path_qs: str, body: bytes, now: float,
+def sign_request(identity: RequestSigner, method: str, path_qs: str, body: bytes, now: float,
                  nonce: str | None = None) -> dict[str, str]:
     """Headers that authenticate one request by *identity* (a fresh random nonce by default)."""
     nonce = nonce or secrets.token_urlsafe(18)
@@ -103,9 +124,15 @@ def check_signature(public_key: bytes | None, method: str, path_qs: str, body: b
     try:
         if public_key is None:
             raise InvalidSignature()
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signed.signature, message)
+        _ed25519_key(public_key).verify(signed.signature, message)
     except (InvalidSignature, ValueError):
         raise AuthError("signature does not verify (unknown key or bad signature)") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _ed25519_key(public_key: bytes) -> Ed25519PublicKey:
+    """Registered keys come back with every request: parse each once (~40 µs)."""
+    return Ed25519PublicKey.from_public_bytes(public_key)
 
 
 def nonce_expiry(signed: SignedHeaders, window: int = DEFAULT_WINDOW) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import umbral_pre
 
 from . import api, auth
-from .envelope import parse_capsule
+from .envelope import Delegation, parse_capsule, parse_public_key
 from .errors import (AccessRevoked, CapsuleError, GrantError, ProxyDown, ProxyError, ProxyRequestError,
                      ProxyUnreachable)
 from .identity import Identity, PublicIdentity
@@ -44,7 +44,7 @@ def normalize_url(url: str) -> str:
 class ProxyClient:
     """Signed requests to one proxy over one kept-alive connection (not thread-safe)."""
 
-    def __init__(self, url: str, identity: Identity, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, url: str, identity: "Identity | auth.RequestSigner", timeout: float = DEFAULT_TIMEOUT,
                  clock: Callable[[], float] = time.time) -> None:
         self.url = normalize_url(url)
         parts = urllib.parse.urlsplit(self.url)
@@ -128,8 +128,12 @@ class ProxyClient:
     def whoami(self) -> dict[str, Any]:
         return self.call("GET", "/v1/whoami")
 
-    def register(self, public: PublicIdentity, role: str) -> dict[str, Any]:
-        return self.call("POST", "/v1/users", {"identity": public.to_text(), "role": role})
+    def register(self, public: PublicIdentity, role: str, scope: Sequence[str] | None = None) -> dict[str, Any]:
+        """Register *public* with *role* (admin only); a guard needs *scope*: fingerprints or ["*"]."""
+        body: dict[str, Any] = {"identity": public.to_text(), "role": role}
+        if scope is not None:
+            body["scope"] = list(scope)
+        return self.call("POST", "/v1/users", body)
 
     def users(self) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/users")["users"]
@@ -155,6 +159,28 @@ class ProxyClient:
             return api.field_bytes(obj, "cfrag", max_len=1024)
         except api.BadRequest:
             raise ProxyRequestError(self.url, 502, "the proxy's answer holds no cfrag") from None
+
+    def reencrypt_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | ProxyRequestError]:
+        """Several (grant id, capsule) in one signed request (at most api.MAX_BATCH): for each, the
+        cfrag's bytes (unverified: check each with CapsuleFrag.verify) or the error it got."""
+        obj = self.call("POST", "/v1/reencrypt",
+                        {"items": [{"grant_id": g, "capsule": api.b64(c)} for g, c in items]})
+        results = obj.get("results") if isinstance(obj, dict) else None
+        if not isinstance(results, list) or len(results) != len(items):
+            raise ProxyRequestError(self.url, 502, "the proxy's answer does not match the request")
+        out: list[bytes | ProxyRequestError] = []
+        for result in results:
+            try:
+                if not isinstance(result, dict) or result.get("status") != 200:
+                    status = result.get("status") if isinstance(result, dict) else None
+                    error = result.get("error") if isinstance(result, dict) else None
+                    out.append(ProxyRequestError(self.url, status if isinstance(status, int) else 502,
+                                                 str(error or "no cfrag")))
+                    continue
+                out.append(api.field_bytes(result, "cfrag", max_len=1024))
+            except api.BadRequest:
+                out.append(ProxyRequestError(self.url, 502, "the proxy's answer holds no cfrag"))
+        return out
 
     def revoke(self, grant_id: str) -> dict[str, Any]:
         return self.call("DELETE", f"/v1/grants/{_quote(grant_id)}")
@@ -224,8 +250,12 @@ class GrantReport:
 
 
 def grant(proxies: Sequence[str], owner: Identity, recipient: PublicIdentity, threshold: int, grant_id: str,
-          timeout: float = DEFAULT_TIMEOUT) -> GrantReport:
-    """Make N = len(proxies) kfrags owner→recipient, threshold M, and put one on each proxy.
+          delegation: Delegation, timeout: float = DEFAULT_TIMEOUT) -> GrantReport:
+    """Make N = len(proxies) kfrags share→recipient, threshold M, and put one on each proxy.
+
+    The kfrags come from the share's own *delegation* (whose public key the capsule is sealed
+    under: `envelope.seal`), signed with the owner's signing key, so they re-encrypt that
+    share's capsule and no other.
 
     All or nothing: if any proxy refuses or cannot be reached, the kfrags already stored are
     revoked again (best effort) and GrantError says where and why.  The id is spent then (the
@@ -233,12 +263,12 @@ def grant(proxies: Sequence[str], owner: Identity, recipient: PublicIdentity, th
     """
     urls = _check_threshold(proxies, threshold)
     _check_grant_id(grant_id)
-    kfrags = umbral_pre.generate_kfrags(owner.umbral_sk, recipient.umbral_public_key(), owner.signer,
+    kfrags = umbral_pre.generate_kfrags(delegation.secret_key, recipient.umbral_public_key(), owner.signer,
                                         threshold, len(urls), True, True)
     bodies = {
         url: {
             "grant_id": grant_id, "owner": owner.fingerprint, "recipient": recipient.fingerprint,
-            "delegating_pk": api.b64(owner.public.umbral_pk), "verifying_pk": api.b64(owner.public.verifying_pk),
+            "delegating_pk": api.b64(delegation.public_bytes), "verifying_pk": api.b64(owner.public.verifying_pk),
             "receiving_pk": api.b64(recipient.umbral_pk), "threshold": threshold, "shares": len(urls),
             "kfrag": api.b64(bytes(kfrag)),
         }
@@ -269,14 +299,18 @@ def grant(proxies: Sequence[str], owner: Identity, recipient: PublicIdentity, th
                        [u for u in urls if results[u] == 201], [u for u in urls if results[u] != 201])
 
 
-def _revoke_one(url: str, identity: Identity, grant_id: str, timeout: float) -> dict[str, Any]:
+def _revoke_one(url: str, identity: "Identity | auth.RequestSigner", grant_id: str, timeout: float) -> dict[str, Any]:
     with ProxyClient(url, identity, timeout) as client:
         return client.revoke(grant_id)
 
 
 def open_capsule(proxies: Sequence[str], recipient: Identity, owner: PublicIdentity, capsule: bytes,
-                 ciphertext: bytes, threshold: int, grant_id: str, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+                 ciphertext: bytes, threshold: int, grant_id: str, delegating_pk: bytes,
+                 timeout: float = DEFAULT_TIMEOUT) -> bytes:
     """Ask proxies for cfrags (M at a time, more only if some fail), verify each, and open.
+
+    *delegating_pk* is the share's own public key (the share record's `sealed.delegating_pk`);
+    each cfrag must verify as made by a kfrag the *owner* signed from it for *recipient*.
 
     AccessRevoked when so many proxies say "revoked" that M cannot be reached; ProxyUnreachable
     ("only K of M proxies reachable: …") when too few answer; CapsuleError if the verified
@@ -285,7 +319,7 @@ def open_capsule(proxies: Sequence[str], recipient: Identity, owner: PublicIdent
     urls = _check_threshold(proxies, threshold)
     _check_grant_id(grant_id)
     capsule_obj = parse_capsule(capsule)
-    owner_pk, verifying_pk = owner.umbral_public_key(), owner.verifying_key()
+    owner_pk, verifying_pk = parse_public_key(delegating_pk), owner.verifying_key()
     receiving_pk = recipient.public.umbral_public_key()
     verified: list[umbral_pre.VerifiedCapsuleFrag] = []
     revoked: list[str] = []
@@ -371,10 +405,11 @@ class RevokeReport:
         return "; ".join(parts)
 
 
-def revoke(proxies: Sequence[str], identity: Identity, grant_id: str, threshold: int,
+def revoke(proxies: Sequence[str], identity: "Identity | auth.RequestSigner", grant_id: str, threshold: int,
            timeout: float = DEFAULT_TIMEOUT) -> RevokeReport:
-    """Delete the grant's kfrag at every proxy (as its owner or an admin); never raises for a
-    proxy that fails — the report says which deleted and which could not be reached."""
+    """Delete the grant's kfrag at every proxy (as its owner, an admin, or a guard of its
+    recipient: any `auth.RequestSigner`); never raises for a proxy that fails — the report says
+    which deleted and which could not be reached."""
     urls = _check_threshold(proxies, threshold)
     _check_grant_id(grant_id)
     report = RevokeReport(grant_id, threshold, urls)
@@ -392,3 +427,31 @@ def revoke(proxies: Sequence[str], identity: Identity, grant_id: str, threshold:
         else:
             report.deleted.append(url)
     return report
+
+
+def revoke_recipient(proxies: Sequence[str], signer: "Identity | auth.RequestSigner", recipient: str,
+                     timeout: float = DEFAULT_TIMEOUT) -> list[RevokeReport]:
+    """Revoke every active grant addressed to *recipient* (a fingerprint) that *signer* can see
+    at *proxies* — what a guard does in one call.  Each grant is revoked at every given proxy that
+    lists it, with the threshold the proxies report; unreachable proxies are in the reports."""
+    urls = [normalize_url(u) for u in proxies]
+
+    def active(url: str) -> list[dict[str, Any]]:
+        with ProxyClient(url, signer, timeout) as client:
+            return client.list_grants(recipient=recipient, active=True)
+
+    found: dict[str, tuple[int, list[str]]] = {}
+    down: dict[str, ProxyError] = {}
+    for url, result in _parallel(urls, active).items():
+        if isinstance(result, ProxyError):
+            down[url] = result
+            continue
+        for g in result:
+            threshold, holders = found.setdefault(g["grant_id"], (int(g["threshold"]), []))
+            holders.append(url)
+    reports = []
+    for grant_id, (threshold, holders) in sorted(found.items()):
+        # Ask every proxy we could not list as well: it may hold this grant too.
+        targets = holders + [u for u in down if u not in holders]
+        reports.append(revoke(targets, signer, grant_id, min(threshold, len(targets)), timeout))
+    return reports

@@ -4,7 +4,7 @@
 the grant's id, proxies and threshold, the target's backing path and object id, the
 owner's public identity, the recipient's fingerprint, and the sealed key: an Umbral
 capsule and ciphertext of the directory key (or file DEK) followed by the target's
-plaintext name, under the owner identity's public key.  Nothing in it is secret; the
+plaintext name, under the share's own delegating public key (proxy.envelope).  Nothing in it is secret; the
 owner's Ed25519 signature over its canonical JSON makes it tamper-evident.
 
 As with umbral-pre's kfrags, bytes from disk parse to an *unverified* `SignedShare`; only
@@ -54,6 +54,12 @@ class ShareRecord:
     capsule: bytes = field(repr=False)
     ciphertext: bytes = field(repr=False)
     revoked: str | None = None
+    delegating_pk: bytes = b""  # the share's own Umbral key the capsule is under (proxy.envelope)
+
+    @property
+    def delegating_key(self) -> bytes:
+        """The key cfrags are checked against; records from before per-share keys used the owner's."""
+        return self.delegating_pk or self.owner.umbral_pk
 
     def body(self) -> dict[str, Any]:
         """The signed JSON object (everything but the signature)."""
@@ -70,7 +76,8 @@ class ShareRecord:
             "read_only": self.read_only,
             "created": self.created,
             "revoked": self.revoked,
-            "sealed": {"capsule": _b64(self.capsule), "ciphertext": _b64(self.ciphertext)},
+            "sealed": {"capsule": _b64(self.capsule), "ciphertext": _b64(self.ciphertext),
+                       **({"delegating_pk": _b64(self.delegating_pk)} if self.delegating_pk else {})},
         }
 
     def signed_by(self, owner: Identity) -> bytes:
@@ -159,6 +166,8 @@ def parse(data: bytes, grant_id: str = "?") -> SignedShare:
             revoked=obj["revoked"] if obj["revoked"] is None else _check(obj["revoked"], str, "revoked"),
             capsule=base64.b64decode(_check(sealed["capsule"], str, "capsule"), validate=True),
             ciphertext=base64.b64decode(_check(sealed["ciphertext"], str, "ciphertext"), validate=True),
+            delegating_pk=base64.b64decode(_check(sealed.get("delegating_pk", ""), str, "delegating_pk"),
+                                           validate=True),
         )
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise _bad(grant_id, str(exc) if isinstance(exc, _FieldError) else "missing or malformed field") from None
@@ -168,6 +177,8 @@ def parse(data: bytes, grant_id: str = "?") -> SignedShare:
         raise _bad(grant_id, "id does not match the file")
     if record.kind not in KINDS or len(record.object_id) != 16 or not 1 <= record.threshold <= len(record.proxies):
         raise _bad(grant_id, "kind, object id or threshold")
+    if len(record.delegating_pk) not in (0, 33):
+        raise _bad(grant_id, "delegating_pk")
     return SignedShare(record, signature, _message(obj))
 
 

@@ -4,6 +4,12 @@ seen nonces, and the hash-chained record.
 One connection in autocommit mode; every write runs under one asyncio lock inside an explicit
 transaction, so concurrent requests never share (or roll back) each other's transaction — a
 nonce, once accepted, is durable before the request is served.
+
+The hot path — a re-encryption's record row and nonce, and the nonces of reads — goes through
+a *group commit*: requests queue their rows and wait; one flush writes everything queued so
+far in a single transaction (one trip to the database thread), then answers them all.  Nothing
+is answered before its rows are committed, rows keep their order, and a revocation that
+committed before the flush still wins (the flush re-checks each grant and drops those rows).
 """
 from __future__ import annotations
 
@@ -24,20 +30,24 @@ import aiosqlite
 from . import record as rec
 from .errors import ProxyError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLES = ("reader", "owner", "admin")  # each role may do what the ones before it may
+GUARD = "guard"  # outside that order: may only revoke grants whose recipient is in its scope
+ALL_ROLES = (*ROLES, GUARD)
+ANY_RECIPIENT = "*"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
     fingerprint TEXT PRIMARY KEY,
     name TEXT NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('reader', 'owner', 'admin')),
+    role TEXT NOT NULL CHECK (role IN ('reader', 'owner', 'admin', 'guard')),
     umbral_pk BLOB NOT NULL,
     verifying_pk BLOB NOT NULL,
     ed25519_pk BLOB NOT NULL,
     created_ns INTEGER NOT NULL,
-    updated_ns INTEGER NOT NULL
+    updated_ns INTEGER NOT NULL,
+    scope TEXT NOT NULL DEFAULT ''   -- a guard's recipients: comma-separated fingerprints, or '*'
 );
 CREATE TABLE IF NOT EXISTS grants (
     grant_id TEXT PRIMARY KEY,
@@ -56,6 +66,7 @@ CREATE TABLE IF NOT EXISTS grants (
 );
 CREATE INDEX IF NOT EXISTS grants_owner ON grants (owner);
 CREATE INDEX IF NOT EXISTS grants_recipient ON grants (recipient);
+CREATE INDEX IF NOT EXISTS grants_delegating ON grants (delegating_pk);
 CREATE TABLE IF NOT EXISTS nonces (
     key_id TEXT NOT NULL,
     nonce TEXT NOT NULL,
@@ -92,12 +103,23 @@ class User:
     umbral_pk: bytes
     verifying_pk: bytes
     ed25519_pk: bytes
+    scope: tuple[str, ...] = ()  # a guard's recipients (fingerprints, or "*"); empty for other roles
 
     def has_role(self, role: str) -> bool:
+        """reader < owner < admin; a guard has none of them."""
+        if self.role == GUARD or role == GUARD:
+            return self.role == role
         return ROLES.index(self.role) >= ROLES.index(role)
 
+    def guards(self, recipient: str) -> bool:
+        """A guard whose scope covers grants addressed to *recipient*."""
+        return self.role == GUARD and (ANY_RECIPIENT in self.scope or recipient in self.scope)
+
     def to_json(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "name": self.name, "role": self.role}
+        out: dict[str, Any] = {"fingerprint": self.fingerprint, "name": self.name, "role": self.role}
+        if self.role == GUARD:
+            out["scope"] = list(self.scope)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +162,39 @@ class Grant:
 
 _GRANT_COLUMNS = ("grant_id, owner, recipient, delegating_pk, verifying_pk, receiving_pk, threshold, shares, "
                   "kfrag, kfrag_sha256, created_ns, revoked_ns, revoked_by")
-_USER_COLUMNS = "fingerprint, name, role, umbral_pk, verifying_pk, ed25519_pk"
+_USER_COLUMNS = "fingerprint, name, role, umbral_pk, verifying_pk, ed25519_pk, scope"
+
+# Schema 1 -> 2: the users table gains the guard role (its CHECK) and the scope column.
+# SQLite cannot change a CHECK in place, so the table is rebuilt in one transaction.
+_MIGRATE_1_TO_2 = """
+CREATE TABLE users_v2 (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('reader', 'owner', 'admin', 'guard')),
+    umbral_pk BLOB NOT NULL,
+    verifying_pk BLOB NOT NULL,
+    ed25519_pk BLOB NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    scope TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO users_v2 (fingerprint, name, role, umbral_pk, verifying_pk, ed25519_pk, created_ns, updated_ns)
+    SELECT fingerprint, name, role, umbral_pk, verifying_pk, ed25519_pk, created_ns, updated_ns FROM users;
+DROP TABLE users;
+ALTER TABLE users_v2 RENAME TO users;
+UPDATE meta SET value = '2' WHERE key = 'schema';
+"""
+
+
+@dataclass(slots=True)
+class _Queued:
+    """Rows one request waits for: its nonce and/or one re-encryption record (of *grant_id*)."""
+
+    nonce: "NonceClaim | None"
+    grant_id: str | None
+    actor: str = ""
+    detail: dict[str, Any] | None = None
+    future: "asyncio.Future[bool] | None" = None
 
 
 @dataclass(slots=True)
@@ -171,6 +225,8 @@ class Store:
         self._users: dict[str, User] = {}
         self._nonces: dict[tuple[str, str], int] = {}
         self._grants: dict[str, Grant] = {}
+        self._queue: list[_Queued] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> "Store":
@@ -203,6 +259,8 @@ class Store:
                 await self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise ProxyError(f"{self.path}: proxy database schema {row[0]} is newer than this umbrafs supports")
+            elif int(row[0]) == 1:
+                await self._db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + "COMMIT;")
             async with self._db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1") as cur:
                 head = await cur.fetchone()
             if head is not None:
@@ -221,6 +279,8 @@ class Store:
 
     async def close(self) -> None:
         try:
+            if self._flusher is not None:
+                await asyncio.gather(self._flusher, return_exceptions=True)
             await self._db.close()
         finally:
             os.close(self._lock_fd)
@@ -243,7 +303,8 @@ class Store:
                 yield heads
                 await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite ends it by itself on some errors (SQLITE_FULL)
+                    await self._db.execute("ROLLBACK")
                 raise
             if nonce is not None:
                 nonce.persisted = True
@@ -275,13 +336,69 @@ class Store:
     async def persist_nonce(self, nonce: NonceClaim) -> None:
         if nonce.persisted:
             return
-        async with self._lock:  # one autocommit statement: no BEGIN/COMMIT round trips
-            await self._insert_nonce(nonce)
+        await self._commit_queued([_Queued(nonce, None)])
 
-    async def _insert_nonce(self, nonce: NonceClaim) -> None:
-        await self._db.execute("INSERT OR IGNORE INTO nonces (key_id, nonce, expires) VALUES (?, ?, ?)",
-                               (nonce.key_id, nonce.nonce, nonce.expires))
-        nonce.persisted = True
+    # -- group commit -------------------------------------------------------------------
+
+    async def _commit_queued(self, entries: list[_Queued]) -> list[bool]:
+        """Queue *entries* and wait until a flush has committed them; for each record entry,
+        False if its grant was revoked before the flush (nothing recorded for it then)."""
+        loop = asyncio.get_running_loop()
+        for entry in entries:
+            entry.future = loop.create_future()
+        self._queue.extend(entries)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_queue())
+        return list(await asyncio.gather(*(e.future for e in entries)))  # type: ignore[arg-type]
+
+    async def _flush_queue(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                results = await self._flush(batch)
+            except BaseException as exc:
+                error = exc if isinstance(exc, Exception) else ProxyError("the proxy is shutting down")
+                for entry in batch:
+                    if entry.future is not None and not entry.future.done():
+                        entry.future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for entry, ok in zip(batch, results):
+                if entry.future is not None and not entry.future.done():
+                    entry.future.set_result(ok)
+
+    async def _flush(self, batch: list[_Queued]) -> list[bool]:
+        async with self._lock:
+            nonces: list[tuple[str, str, int]] = []
+            rows: list[tuple[Any, ...]] = []
+            results: list[bool] = []
+            seq, prev = self._head_seq, self._head_hash
+            for entry in batch:
+                if entry.nonce is not None and not entry.nonce.persisted:
+                    nonces.append((entry.nonce.key_id, entry.nonce.nonce, entry.nonce.expires))
+                if entry.grant_id is None:
+                    results.append(True)
+                    continue
+                # Under the lock, as in revoke_grant: a revocation that committed first wins.
+                grant = await self.get_grant(entry.grant_id)
+                if grant is None or grant.revoked:
+                    results.append(False)
+                    continue
+                seq += 1
+                row = rec.Record(seq, time.time_ns(), "reencrypt", entry.actor, entry.grant_id, entry.detail or {})
+                link, prev = prev, rec.chain_hash(prev, row)
+                rows.append((row.seq, row.time_ns, row.op, row.actor, row.subject,
+                             json.dumps(dict(row.detail), sort_keys=True, separators=(",", ":")), link, prev))
+                results.append(True)
+            # One trip to the database thread for the whole batch (each aiosqlite call is one).
+            await self._db._execute(_write_batch, self._db._conn, nonces, rows)
+            for entry in batch:
+                if entry.nonce is not None:
+                    entry.nonce.persisted = True
+            if rows:
+                self._head_seq, self._head_hash = seq, prev
+        return results
 
     async def prune_nonces(self, now: float) -> int:
         cutoff = int(now)
@@ -304,12 +421,16 @@ class Store:
         now = time.time_ns()
         async with self._transaction(nonce) as heads:
             await self._db.execute(
-                "INSERT INTO users (fingerprint, name, role, umbral_pk, verifying_pk, ed25519_pk, created_ns, updated_ns) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
-                "name = excluded.name, role = excluded.role, updated_ns = excluded.updated_ns",
-                (user.fingerprint, user.name, user.role, user.umbral_pk, user.verifying_pk, user.ed25519_pk, now, now),
+                "INSERT INTO users (fingerprint, name, role, umbral_pk, verifying_pk, ed25519_pk, created_ns, updated_ns, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
+                "name = excluded.name, role = excluded.role, updated_ns = excluded.updated_ns, scope = excluded.scope",
+                (user.fingerprint, user.name, user.role, user.umbral_pk, user.verifying_pk, user.ed25519_pk, now, now,
+                 ",".join(user.scope)),
             )
-            await self._append(heads, "register", actor, user.fingerprint, {"name": user.name, "role": user.role})
+            detail = {"name": user.name, "role": user.role}
+            if user.role == GUARD:
+                detail["scope"] = ",".join(user.scope)
+            await self._append(heads, "register", actor, user.fingerprint, detail)
         self._users[user.fingerprint] = user
         return existing is None
 
@@ -345,6 +466,12 @@ class Store:
                 if existing.same_request(grant):
                     return False
                 raise GrantConflict(f"grant {grant.grant_id} exists with different contents")
+            # One delegating key per share: reused, a grant's kfrag would re-encrypt the other
+            # grant's capsule as well.
+            async with self._db.execute("SELECT 1 FROM grants WHERE delegating_pk = ? LIMIT 1",
+                                        (grant.delegating_pk,)) as cur:
+                if await cur.fetchone() is not None:
+                    raise GrantConflict("delegating_pk is already used by another grant (one key per share)")
             await self._db.execute(
                 f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (grant.grant_id, grant.owner, grant.recipient, grant.delegating_pk, grant.verifying_pk,
@@ -358,8 +485,10 @@ class Store:
         self._cache(grant)
         return True
 
-    async def revoke_grant(self, grant_id: str, actor: str, nonce: NonceClaim | None = None) -> bool:
-        """Delete the kfrag and mark the grant revoked; False if it was already revoked."""
+    async def revoke_grant(self, grant_id: str, actor: str, nonce: NonceClaim | None = None,
+                           detail: dict[str, Any] | None = None) -> bool:
+        """Delete the kfrag and mark the grant revoked; False if it was already revoked.
+        *detail* goes into the record row (the role the caller revoked as)."""
         now = time.time_ns()
         async with self._transaction(nonce) as heads:
             cur = await self._db.execute(
@@ -368,38 +497,38 @@ class Store:
             )
             if cur.rowcount == 0:
                 return False
-            await self._append(heads, "revoke", actor, grant_id, {})
+            await self._append(heads, "revoke", actor, grant_id, detail or {})
             # Still under the lock: a re-encryption that takes the lock next sees the revocation.
             self._grants.pop(grant_id, None)
         return True
 
     async def record_reencrypt(self, grant_id: str, actor: str, capsule_sha256: str,
                                nonce: NonceClaim | None = None) -> bool:
-        """Record a re-encryption; False (nothing recorded) if the grant was revoked meanwhile,
-        so a revoke that committed first always wins.
+        """Record a re-encryption (group commit, with the request's nonce); False (nothing
+        recorded) if the grant was revoked before the flush: a revoke that committed first wins."""
+        return (await self.record_reencrypts([(grant_id, capsule_sha256)], actor, nonce))[0]
 
-        The hot path: two autocommit statements under the lock instead of a transaction (each
-        aiosqlite call is a thread round trip).  The nonce goes first; if the record then fails,
-        the request fails with its nonce spent, which is what a client must expect anyway.
-        """
-        async with self._lock:
-            grant = await self.get_grant(grant_id)
-            if grant is None or grant.revoked:
-                return False
-            if nonce is not None and not nonce.persisted:
-                await self._insert_nonce(nonce)
-            heads: list[tuple[int, bytes]] = []
-            await self._append(heads, "reencrypt", actor, grant_id, {"capsule_sha256": capsule_sha256[:16]})
-            self._head_seq, self._head_hash = heads[-1]
-        return True
+    async def record_reencrypts(self, items: list[tuple[str, str]], actor: str,
+                                nonce: NonceClaim | None = None) -> list[bool]:
+        """Record several re-encryptions (grant id, capsule SHA-256) of one request, in order."""
+        entries = [_Queued(nonce if i == 0 else None, grant_id, actor, {"capsule_sha256": digest[:16]})
+                   for i, (grant_id, digest) in enumerate(items)]
+        return await self._commit_queued(entries)
 
     async def list_grants(self, involving: str | None = None, owner: str | None = None,
-                          recipient: str | None = None, active_only: bool = False) -> list[Grant]:
-        """Grants filtered by owner/recipient; *involving* = owned by or addressed to that fingerprint."""
-        where, args = [], []
+                          recipient: str | None = None, active_only: bool = False,
+                          recipients: tuple[str, ...] | None = None) -> list[Grant]:
+        """Grants filtered by owner/recipient; *involving* = owned by or addressed to that fingerprint,
+        or (with *recipients*, a guard's scope) addressed to one of *recipients*."""
+        where: list[str] = []
+        args: list[Any] = []
         if involving is not None:
-            where.append("(owner = ? OR recipient = ?)")
-            args += [involving, involving]
+            if recipients is not None:
+                where.append(f"recipient IN ({', '.join('?' * len(recipients))})" if recipients else "0")
+                args += list(recipients)
+            else:
+                where.append("(owner = ? OR recipient = ?)")
+                args += [involving, involving]
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
@@ -421,6 +550,22 @@ class Store:
         return self._head_seq, self._head_hash
 
 
+def _write_batch(conn: sqlite3.Connection, nonces: list[tuple[str, str, int]], rows: list[tuple[Any, ...]]) -> None:
+    """One group-commit transaction (runs in the database thread)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if nonces:
+            conn.executemany("INSERT OR IGNORE INTO nonces (key_id, nonce, expires) VALUES (?, ?, ?)", nonces)
+        if rows:
+            conn.executemany("INSERT INTO records (seq, time_ns, op, actor, subject, detail, prev, hash) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite ends it by itself on some errors (SQLITE_FULL)
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _lock_database(path: Path) -> int:
     """An exclusive lock beside the database: one proxy process per database."""
     lock_path = path.with_name(path.name + ".lock")
@@ -438,7 +583,8 @@ def _lock_database(path: Path) -> int:
 
 
 def _user(row: Any) -> User:
-    return User(row[0], row[1], row[2], bytes(row[3]), bytes(row[4]), bytes(row[5]))
+    return User(row[0], row[1], row[2], bytes(row[3]), bytes(row[4]), bytes(row[5]),
+                tuple(s for s in str(row[6]).split(",") if s))
 
 
 def _grant(row: Any) -> Grant:

@@ -38,6 +38,8 @@ class ProxyProc:
     admin_file: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    capture: bool = False  # record every request and answer (proxy.server.CAPTURE_ENV)
+    workers: int = 0       # `proxy serve --workers`
 
     @property
     def url(self) -> str:
@@ -50,6 +52,10 @@ class ProxyProc:
     @property
     def log(self) -> Path:
         return self.root / "proxy.log"
+
+    @property
+    def capture_file(self) -> Path:
+        return self.root / "capture.jsonl"
 
     @property
     def pidfile(self) -> Path:
@@ -65,10 +71,13 @@ class ProxyProc:
 
     def _start_once(self) -> bool:
         env = {k: v for k, v in os.environ.items() if not k.startswith("UMBRAFS_")}
+        if self.capture:
+            env["UMBRAFS_PROXY_CAPTURE"] = str(self.capture_file)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*UMBRAFS, "--home", str(self.root / "home"), "proxy", "serve", "--port", str(self.port),
-                 "--db", str(self.db), "--admin", str(self.admin_file), "--pidfile", str(self.pidfile)],
+                 "--db", str(self.db), "--admin", str(self.admin_file), "--pidfile", str(self.pidfile),
+                 *(["--workers", str(self.workers)] if self.workers else [])],
                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env,
             )
         assert self.proc.stdout is not None
@@ -142,9 +151,11 @@ def make_identity(home: Path, name: str) -> Identity:
 
 
 _LOG_LINE = re.compile(
+    r"^\S+ \S+ ERROR proxy\.crypto_worker: re-encryption worker \d+ exited; \d+ left$|"
     r"^\S+ \S+ (INFO|WARNING) proxy\.server: ("
     r"proxy listening on http://127\.0\.0\.1:\d+ \(database \S+\)"
     r"|proxy on http://127\.0\.0\.1:\d+ shutting down"
+    r"|capturing every request and answer into \S+ \(\$UMBRAFS_PROXY_CAPTURE\)"
     r"|(GET|POST|DELETE) /\S* -> \d{3} \(([0-9a-f]{16}|-)\))$"
 )
 
@@ -196,3 +207,61 @@ def live(cluster: Cluster) -> Iterator[Cluster]:
     cluster.restore()
     yield cluster
     cluster.restore()
+
+
+class TamperingProxy:
+    """A real HTTP server in front of a real proxy that forwards every request verbatim (the
+    signature covers method, path and body, not the host) and flips one bit in each cfrag it
+    passes back: a compromised proxy, as far as a recipient can tell."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+        import urllib.parse
+
+        up = urllib.parse.urlsplit(upstream)
+        tamper = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                import base64
+                import http.client
+                import json
+
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=10)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                answer = conn.getresponse()
+                data, status = answer.read(), answer.status
+                conn.close()
+                if status == 200 and self.path.endswith("/reencrypt"):
+                    obj = json.loads(data)
+                    cfrag = bytearray(base64.b64decode(obj["cfrag"]))
+                    cfrag[len(cfrag) // 2] ^= 0x01
+                    obj["cfrag"] = base64.b64encode(bytes(cfrag)).decode()
+                    data = json.dumps(obj).encode()
+                    tamper.tampered += 1
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.tampered = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

@@ -7,6 +7,7 @@ import os
 import secrets
 import sqlite3
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ import umbral_pre
 
 from proxy import api, auth
 from proxy.client import ProxyClient, open_capsule
-from proxy.envelope import seal
+from proxy.envelope import Delegation
 from proxy.errors import ProxyRequestError
 from proxy.identity import Identity, PublicIdentity
+from proxy.store import verify_records
 from tests.conftest import Env, new_env
 from tests.proxy.conftest import Cluster
 
@@ -30,13 +32,16 @@ def new_grant_id() -> str:
 
 
 def grant_body(owner: Identity, recipient: PublicIdentity, grant_id: str, kfrag: bytes | None = None,
-               threshold: int = 1, shares: int = 1, **override: Any) -> dict[str, Any]:
+               threshold: int = 1, shares: int = 1, delegation: Delegation | None = None,
+               **override: Any) -> dict[str, Any]:
+    """A grant's body as the client makes it: kfrags from the share's own delegation."""
+    delegation = delegation or Delegation.new()
     if kfrag is None:
-        kfrag = bytes(umbral_pre.generate_kfrags(owner.umbral_sk, recipient.umbral_public_key(), owner.signer,
+        kfrag = bytes(umbral_pre.generate_kfrags(delegation.secret_key, recipient.umbral_public_key(), owner.signer,
                                                  threshold, shares, True, True)[0])
     body = {
         "grant_id": grant_id, "owner": owner.fingerprint, "recipient": recipient.fingerprint,
-        "delegating_pk": api.b64(owner.public.umbral_pk), "verifying_pk": api.b64(owner.public.verifying_pk),
+        "delegating_pk": api.b64(delegation.public_bytes), "verifying_pk": api.b64(owner.public.verifying_pk),
         "receiving_pk": api.b64(recipient.umbral_pk), "threshold": threshold, "shares": shares,
         "kfrag": api.b64(kfrag),
     }
@@ -216,16 +221,38 @@ def test_malformed_bodies_get_a_json_400(cluster: Cluster) -> None:
 def test_kfrag_that_fails_verification_is_not_stored(cluster: Cluster) -> None:
     alice, bob, carol, eve = cluster.alice, cluster.bob, cluster.carol, cluster.eve
     grant_id = new_grant_id()
-    # Signed by eve's signer while claiming alice's verifying key; made for carol while naming bob.
-    by_eve = bytes(umbral_pre.generate_kfrags(alice.umbral_sk, bob.public.umbral_public_key(), eve.signer, 1, 1, True, True)[0])
-    for_carol = bytes(umbral_pre.generate_kfrags(alice.umbral_sk, carol.public.umbral_public_key(), alice.signer, 1, 1, True, True)[0])
+    d = Delegation.new()
+    # Signed by eve's signer while claiming alice's verifying key; made for carol while naming bob;
+    # from another delegating key than the one named.
+    by_eve = bytes(umbral_pre.generate_kfrags(d.secret_key, bob.public.umbral_public_key(), eve.signer, 1, 1, True, True)[0])
+    for_carol = bytes(umbral_pre.generate_kfrags(d.secret_key, carol.public.umbral_public_key(), alice.signer, 1, 1, True, True)[0])
+    other_key = bytes(umbral_pre.generate_kfrags(Delegation.new().secret_key, bob.public.umbral_public_key(),
+                                                 alice.signer, 1, 1, True, True)[0])
     with cluster.client(alice) as c:
-        for kfrag in (by_eve, for_carol, os.urandom(310)):
-            error = expect_status(400, c.put_grant, grant_body(alice, bob.public, grant_id, kfrag=kfrag))
+        for kfrag in (by_eve, for_carol, other_key, os.urandom(310)):
+            error = expect_status(400, c.put_grant, grant_body(alice, bob.public, grant_id, kfrag=kfrag, delegation=d))
             assert "kfrag does not verify" in error.message
         assert all(g["grant_id"] != grant_id for g in c.list_grants())
     with cluster.client(bob) as c:
-        expect_status(404, c.reencrypt, grant_id, seal(alice.public, b"k" * 32).capsule)
+        expect_status(404, c.reencrypt, grant_id, d.seal(b"k" * 32).capsule)
+
+
+def test_grants_must_delegate_from_a_key_of_their_own(cluster: Cluster) -> None:
+    """A kfrag from the owner identity's Umbral key would re-encrypt every capsule ever sealed
+    for the owner (any other share's capsule a recipient finds in the vault): refused.  So is a
+    delegating key that another grant uses already."""
+    alice, bob = cluster.alice, cluster.bob
+    from_identity = bytes(umbral_pre.generate_kfrags(alice.umbral_sk, bob.public.umbral_public_key(), alice.signer,
+                                                     1, 1, True, True)[0])
+    body = grant_body(alice, bob.public, new_grant_id(), kfrag=from_identity,
+                      delegating_pk=api.b64(alice.public.umbral_pk))
+    with cluster.client(alice) as c:
+        error = expect_status(400, c.put_grant, body)
+        assert "not the owner's identity key" in error.message
+        d = Delegation.new()
+        c.put_grant(grant_body(alice, bob.public, new_grant_id(), delegation=d))
+        error = expect_status(409, c.put_grant, grant_body(alice, cluster.carol.public, new_grant_id(), delegation=d))
+        assert "already used by another grant" in error.message
 
 
 def test_body_size_limit(cluster: Cluster) -> None:
@@ -247,15 +274,16 @@ def test_grant_reencrypt_revoke(cluster: Cluster) -> None:
     alice, bob, carol = cluster.alice, cluster.bob, cluster.carol
     grant_id = new_grant_id()
     key = os.urandom(32)
-    sealed = seal(alice.public, key)
-    body = grant_body(alice, bob.public, grant_id)
+    d = Delegation.new()
+    sealed = d.seal(key)
+    body = grant_body(alice, bob.public, grant_id, delegation=d)
     url = cluster.urls[0]
     with cluster.client(alice) as c:
         status, _ = c.send("POST", "/v1/grants", json.dumps(body).encode())
         assert status == 201
         status, _ = c.send("POST", "/v1/grants", json.dumps(body).encode())
         assert status == 200  # a retry of the same grant
-        other = grant_body(alice, bob.public, grant_id)  # same id, another kfrag
+        other = grant_body(alice, bob.public, grant_id, delegation=d)  # same id, another kfrag
         expect_status(409, c.put_grant, other)
         expect_status(403, c.reencrypt, grant_id, sealed.capsule)  # the owner is not the recipient
     with cluster.client(carol) as c:
@@ -269,11 +297,10 @@ def test_grant_reencrypt_revoke(cluster: Cluster) -> None:
         expect_status(403, c.revoke, grant_id)  # a reader cannot revoke
         assert c.get_grant(grant_id)["recipient"] == bob.fingerprint
     capsule = umbral_pre.Capsule.from_bytes(sealed.capsule)
-    verified = cfrag.verify(capsule, alice.public.verifying_key(), alice.public.umbral_public_key(),
-                            bob.public.umbral_public_key())
-    assert umbral_pre.decrypt_reencrypted(bob.umbral_sk, alice.public.umbral_public_key(), capsule, [verified],
-                                          sealed.ciphertext) == key
-    assert open_capsule([url], bob, alice.public, sealed.capsule, sealed.ciphertext, 1, grant_id) == key
+    verified = cfrag.verify(capsule, alice.public.verifying_key(), d.public_key, bob.public.umbral_public_key())
+    assert umbral_pre.decrypt_reencrypted(bob.umbral_sk, d.public_key, capsule, [verified], sealed.ciphertext) == key
+    assert open_capsule([url], bob, alice.public, sealed.capsule, sealed.ciphertext, 1, grant_id,
+                        sealed.delegating_pk) == key
     with cluster.client(alice) as c:
         assert c.revoke(grant_id) == {"grant_id": grant_id, "revoked": True, "already": False}
         assert c.revoke(grant_id) == {"grant_id": grant_id, "revoked": True, "already": True}
@@ -432,3 +459,95 @@ def test_serve_mistakes_are_one_line(cluster: Cluster, tmp_path: Path) -> None:
     result = env.run("proxy", "serve", "--port", "0", "--db", notdb, timeout=30)
     assert result.returncode == exitcodes.ERROR and "not a usable proxy database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- batches and the group commit ---------------------------------------------------------------
+
+def _granted(cluster: Cluster, recipient: Identity, index: int = 0) -> tuple[str, Delegation, bytes]:
+    """A 1-of-1 grant alice → recipient at proxy *index*: (id, delegation, sealed key)."""
+    d = Delegation.new()
+    grant_id = new_grant_id()
+    with cluster.client(cluster.alice, index) as c:
+        c.put_grant(grant_body(cluster.alice, recipient.public, grant_id, delegation=d))
+    return grant_id, d, os.urandom(32)
+
+
+def _reencrypt_rows(db: Path, grant_id: str) -> list[int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [seq for (seq,) in conn.execute(
+            "SELECT seq FROM records WHERE op = 'reencrypt' AND subject = ? ORDER BY seq", (grant_id,))]
+    finally:
+        conn.close()
+
+
+def test_batch_reencrypt_answers_each_item(cluster: Cluster) -> None:
+    alice, bob, carol = cluster.alice, cluster.bob, cluster.carol
+    (g1, d1, k1), (g2, d2, k2), (gone, d3, _) = (_granted(cluster, bob) for _ in range(3))
+    not_mine, d4, _ = _granted(cluster, carol)
+    s1, s2, s3, s4 = d1.seal(k1), d2.seal(k2), d3.seal(b"x" * 32), d4.seal(b"y" * 32)
+    with cluster.client(alice) as c:
+        c.revoke(gone)
+    db = cluster.proxies[0].db
+    with cluster.client(bob) as c:
+        results = c.reencrypt_many([(g1, s1.capsule), (g2, s2.capsule), (gone, s3.capsule), (not_mine, s4.capsule),
+                                    (new_grant_id(), s1.capsule), (g1, b"\x00" * 105)])
+        assert [r.status if isinstance(r, Exception) else 200 for r in results] == [200, 200, 410, 403, 404, 400]
+        for (grant_id, d, key, sealed), cfrag in zip(((g1, d1, k1, s1), (g2, d2, k2, s2)), results):
+            capsule = umbral_pre.Capsule.from_bytes(sealed.capsule)
+            verified = umbral_pre.CapsuleFrag.from_bytes(cfrag).verify(  # type: ignore[arg-type]
+                capsule, alice.public.verifying_key(), d.public_key, bob.public.umbral_public_key())
+            assert umbral_pre.decrypt_reencrypted(bob.umbral_sk, d.public_key, capsule, [verified],
+                                                  sealed.ciphertext) == key
+            assert len(_reencrypt_rows(db, grant_id)) == 1  # one record row per cfrag handed out
+        assert _reencrypt_rows(db, gone) == [] and _reencrypt_rows(db, not_mine) == []
+        for bad in (b'{"items": []}', json.dumps({"items": [{"grant_id": g1, "capsule": api.b64(s1.capsule)}]
+                                                            * (api.MAX_BATCH + 1)}).encode(), b'{"items": 3}'):
+            assert raw(c, "POST", "/v1/reencrypt", bad)[0] == 400
+        # One signature and one nonce for the whole batch: replaying it is refused like any request.
+        body = json.dumps({"items": [{"grant_id": g1, "capsule": api.b64(s1.capsule)}]}).encode()
+        headers = auth.sign_request(bob, "POST", "/v1/reencrypt", body, time.time())
+        assert raw(c, "POST", "/v1/reencrypt", body, headers=headers, signed=False)[0] == 200
+        status, obj = raw(c, "POST", "/v1/reencrypt", body, headers=headers, signed=False)
+        assert status == 401 and "replayed" in obj["error"]
+    with cluster.client(carol) as c:  # someone else's grants in a batch: 403 item by item
+        assert [r.status for r in c.reencrypt_many([(g1, s1.capsule)])] == [403]  # type: ignore[union-attr]
+    assert verify_records(db).rows > 0
+
+
+def test_group_commit_records_every_cfrag_before_a_revocation_wins(cluster: Cluster) -> None:
+    """Many concurrent re-encryptions while the grant is revoked: every cfrag that left the proxy
+    has its record row, committed before the revocation's row; none is answered after it."""
+    grant_id, d, key = _granted(cluster, cluster.bob, 1)
+    capsule = d.seal(key).capsule
+    answers: list[int] = []
+    revoked = threading.Event()
+
+    def hammer() -> None:
+        with cluster.client(cluster.bob, 1) as c:
+            for _ in range(40):
+                sent_after_revoke = revoked.is_set()
+                try:
+                    c.reencrypt(grant_id, capsule)
+                    answers.append(-1 if sent_after_revoke else 200)  # -1: served after the revocation
+                except ProxyRequestError as exc:
+                    answers.append(exc.status)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    with cluster.client(cluster.alice, 1) as c:
+        assert c.revoke(grant_id)["already"] is False
+    revoked.set()
+    for t in threads:
+        t.join()
+    assert -1 not in answers and set(answers) <= {200, 410} and 410 in answers, answers
+    db = cluster.proxies[1].db
+    rows = _reencrypt_rows(db, grant_id)
+    assert len(rows) == answers.count(200)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    (revoke_seq,) = conn.execute("SELECT seq FROM records WHERE op = 'revoke' AND subject = ?", (grant_id,)).fetchone()
+    conn.close()
+    assert all(seq < revoke_seq for seq in rows)
+    assert verify_records(db).rows >= revoke_seq

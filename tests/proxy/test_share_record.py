@@ -9,7 +9,7 @@ import pytest
 
 from cli import exitcodes
 from proxy import shares
-from proxy.envelope import open_own, seal
+from proxy.envelope import Delegation
 from proxy.errors import IdentityError, NoSuchShare, ShareRecordInvalid
 from proxy.identity import Identity, generate
 
@@ -17,14 +17,15 @@ ALICE: Identity = generate("alice")
 BOB: Identity = generate("bob")
 MALLORY: Identity = generate("mallory")
 GRANT = "abcdefgh12345678"
+DELEGATION = Delegation.new()
 
 
 def _record(owner: Identity = ALICE) -> shares.ShareRecord:
-    sealed = seal(owner.public, bytes(range(32)) + b"x")
+    sealed = DELEGATION.seal(bytes(range(32)) + b"x")
     return shares.ShareRecord(
         GRANT, "dir", "AAAA/BBBB", bytes(range(16)), owner.public, "bob", BOB.fingerprint,
         ("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"), 2, True, shares.now_iso(),
-        sealed.capsule, sealed.ciphertext,
+        sealed.capsule, sealed.ciphertext, delegating_pk=sealed.delegating_pk,
     )
 
 
@@ -36,7 +37,10 @@ def test_round_trip_and_verify(tmp_path: Path) -> None:
     assert signed.self_signed()
     got = signed.verify(ALICE.public)
     assert got == record
-    assert open_own(ALICE, got.capsule, got.ciphertext) == bytes(range(32)) + b"x"
+    assert got.delegating_key == DELEGATION.public_bytes
+    from proxy.envelope import Sealed
+
+    assert DELEGATION.open(Sealed(got.capsule, got.ciphertext, got.delegating_pk)) == bytes(range(32)) + b"x"
     revoked = got.revoked_now()
     shares.write(tmp_path, GRANT, revoked.signed_by(ALICE))
     assert shares.read(tmp_path, GRANT).verify(ALICE.public).revoked == revoked.revoked is not None
@@ -51,6 +55,7 @@ def test_round_trip_and_verify(tmp_path: Path) -> None:
     lambda r: r["recipient"].update(fingerprint=MALLORY.fingerprint),
     lambda r: r.update(revoked=None, created="2000-01-01T00:00:00Z"),
     lambda r: r["sealed"].update(capsule=r["sealed"]["ciphertext"]),
+    lambda r: r["sealed"].update(delegating_pk=r["owner"].split("umbral-pk: ")[1].split("\n")[0]),
     lambda r: r.update(extra="field"),
 ])
 def test_any_change_breaks_the_signature(change) -> None:  # type: ignore[no-untyped-def]

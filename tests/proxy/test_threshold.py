@@ -11,24 +11,25 @@ import umbral_pre
 
 from proxy import api, auth
 from proxy.client import ProxyClient, grant, new_grant_id, open_capsule, revoke
-from proxy.envelope import Sealed, open_own, seal
+from proxy.envelope import Delegation, Sealed, seal
 from proxy.errors import AccessRevoked, CapsuleError, GrantError, ProxyUnreachable
 from tests.proxy.conftest import Cluster
 
 
 def share(c: Cluster, threshold: int = 2) -> tuple[str, bytes, Sealed]:
-    """Alice seals a random 32-byte key for herself and grants bob M-of-3."""
+    """Alice seals a random 32-byte key under a fresh delegating key and grants bob M-of-3."""
     key = os.urandom(32)
-    sealed = seal(c.alice.public, key)
-    assert open_own(c.alice, sealed.capsule, sealed.ciphertext) == key
+    sealed, delegation = seal(key)
+    assert delegation.open(sealed) == key
     grant_id = new_grant_id()
-    report = grant(c.urls, c.alice, c.bob.public, threshold, grant_id)
+    report = grant(c.urls, c.alice, c.bob.public, threshold, grant_id, delegation)
     assert report.created == c.urls and report.existing == []
     return grant_id, key, sealed
 
 
 def bob_opens(c: Cluster, grant_id: str, sealed: Sealed, threshold: int = 2) -> bytes:
-    return open_capsule(c.urls, c.bob, c.alice.public, sealed.capsule, sealed.ciphertext, threshold, grant_id)
+    return open_capsule(c.urls, c.bob, c.alice.public, sealed.capsule, sealed.ciphertext, threshold, grant_id,
+                        sealed.delegating_pk)
 
 
 def test_two_of_three_opens_with_one_proxy_down(live: Cluster) -> None:
@@ -54,11 +55,12 @@ def test_one_cfrag_is_not_enough(live: Cluster) -> None:
     grant_id, _, sealed = share(live)
     capsule = umbral_pre.Capsule.from_bytes(sealed.capsule)
     alice_pk, bob = live.alice.public, live.bob
+    delegating = umbral_pre.PublicKey.from_compressed_bytes(sealed.delegating_pk)
     with live.client(bob, 1) as c:
         cfrag = umbral_pre.CapsuleFrag.from_bytes(c.reencrypt(grant_id, sealed.capsule)).verify(
-            capsule, alice_pk.verifying_key(), alice_pk.umbral_public_key(), bob.public.umbral_public_key())
+            capsule, alice_pk.verifying_key(), delegating, bob.public.umbral_public_key())
     with pytest.raises(ValueError):
-        umbral_pre.decrypt_reencrypted(bob.umbral_sk, alice_pk.umbral_public_key(), capsule, [cfrag], sealed.ciphertext)
+        umbral_pre.decrypt_reencrypted(bob.umbral_sk, delegating, capsule, [cfrag], sealed.ciphertext)
 
 
 def test_revoke_then_open_says_access_revoked(live: Cluster) -> None:
@@ -111,32 +113,32 @@ def test_only_owner_or_admin_revokes(live: Cluster) -> None:
 def test_threshold_is_validated_first(live: Cluster, threshold: int, proxies: int) -> None:
     grant_id = new_grant_id()
     with pytest.raises(GrantError, match="threshold|no proxies"):
-        grant(live.urls[:proxies], live.alice, live.bob.public, threshold, grant_id)
+        grant(live.urls[:proxies], live.alice, live.bob.public, threshold, grant_id, Delegation.new())
     with live.client(live.admin) as c:
         assert grant_id not in {g["grant_id"] for g in c.list_grants()}
 
 
 def test_duplicate_proxies_and_bad_grant_ids_are_refused(live: Cluster) -> None:
     with pytest.raises(GrantError, match="twice"):
-        grant([live.urls[0], live.urls[0] + "/"], live.alice, live.bob.public, 1, new_grant_id())
+        grant([live.urls[0], live.urls[0] + "/"], live.alice, live.bob.public, 1, new_grant_id(), Delegation.new())
     with pytest.raises(GrantError, match="grant id"):
-        grant(live.urls, live.alice, live.bob.public, 2, "../x")
+        grant(live.urls, live.alice, live.bob.public, 2, "../x", Delegation.new())
     with pytest.raises(GrantError, match="not a proxy URL"):
-        grant(["ftp://x"], live.alice, live.bob.public, 1, new_grant_id())
+        grant(["ftp://x"], live.alice, live.bob.public, 1, new_grant_id(), Delegation.new())
 
 
 def test_grant_is_all_or_nothing(live: Cluster) -> None:
     live.proxies[2].kill()
     grant_id = new_grant_id()
     with pytest.raises(GrantError) as info:
-        grant(live.urls, live.alice, live.bob.public, 2, grant_id)
+        grant(live.urls, live.alice, live.bob.public, 2, grant_id, Delegation.new())
     assert live.urls[2] in str(info.value) and "withdrawn" in str(info.value)
     for i in (0, 1):
         with live.client(live.alice, i) as c:
             assert c.get_grant(grant_id)["revoked"] is not None
     # A reader is refused by every proxy: nothing is left anywhere.
     with pytest.raises(GrantError, match="owner role"):
-        grant(live.urls[:2], live.bob, live.carol.public, 1, new_grant_id())
+        grant(live.urls[:2], live.bob, live.carol.public, 1, new_grant_id(), Delegation.new())
 
 
 def test_cfrags_are_verified_by_the_recipient(live: Cluster) -> None:
@@ -144,16 +146,19 @@ def test_cfrags_are_verified_by_the_recipient(live: Cluster) -> None:
     are rejected one by one, and the error says so."""
     grant_id, key, sealed = share(live)
     with pytest.raises(ProxyUnreachable, match="does not verify"):
-        open_capsule(live.urls, live.bob, live.carol.public, sealed.capsule, sealed.ciphertext, 2, grant_id)
+        open_capsule(live.urls, live.bob, live.carol.public, sealed.capsule, sealed.ciphertext, 2, grant_id,
+                     sealed.delegating_pk)
 
 
 def test_capsule_and_ciphertext_of_different_shares_fail_clearly(live: Cluster) -> None:
     grant_id, key, sealed = share(live)
-    other = seal(live.alice.public, os.urandom(32))
+    other, _ = seal(os.urandom(32))
+    with pytest.raises((CapsuleError, ProxyUnreachable)):
+        open_capsule(live.urls, live.bob, live.alice.public, other.capsule, sealed.ciphertext, 2, grant_id,
+                     sealed.delegating_pk)
     with pytest.raises(CapsuleError):
-        open_capsule(live.urls, live.bob, live.alice.public, other.capsule, sealed.ciphertext, 2, grant_id)
-    with pytest.raises(CapsuleError):
-        open_capsule(live.urls, live.bob, live.alice.public, b"\x01" * 20, sealed.ciphertext, 2, grant_id)
+        open_capsule(live.urls, live.bob, live.alice.public, b"\x01" * 20, sealed.ciphertext, 2, grant_id,
+                     sealed.delegating_pk)
 
 
 def test_restart_keeps_grants_and_refuses_old_nonces(live: Cluster) -> None:
