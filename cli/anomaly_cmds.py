@@ -168,7 +168,7 @@ def show(state: State, where: Path, as_json: bool) -> None:
         click.echo(json.dumps(doc, sort_keys=True))
         return
     if not doc["valid"]:
-        raise click.ClickException(doc["error"])
+        raise policy_mod.PolicyError(doc["error"])
     origin = "no policy set: the default" if doc["source"] == "default" else f"set {doc['set']}, signature ok"
     click.echo(f"{vault}: on anomaly {doc['on_anomaly']}, model threshold {doc['threshold'] / 1000:.2f} ({origin})")
 

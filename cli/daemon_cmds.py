@@ -14,6 +14,7 @@ from daemon.errors import DaemonError, DaemonUnavailable
 
 from . import detach, exitcodes, passphrase
 from .identities import identity_option, resolve_identity, unlock_identity
+from .identity_cmds import _kdf, kdf_options
 from .state import State
 
 
@@ -53,10 +54,12 @@ def start(
     try:
         secret = passphrase.read_fd(passphrase_fd) if passphrase_fd is not None else passphrase.get(passphrase_file)
         signer = unlock_identity(state, name, secret).ed25519_sk
-        del secret
         from daemon import service  # the ledger and its dependencies load only here
+        from daemon.respond import load_guard
 
-        asyncio.run(service.run(state.home, signer, ready=lambda: detach.report(ready_fd, "ok")))
+        guard = load_guard(state.home, name, secret)  # `daemon credential` made one: revoke can act
+        del secret
+        asyncio.run(service.run(state.home, signer, ready=lambda: detach.report(ready_fd, "ok"), guard=guard))
     except exitcodes.PROJECT_ERRORS as exc:
         detach.report(ready_fd, f"err {exitcodes.for_error(exc)} {exc}")
         raise
@@ -88,6 +91,47 @@ def stop(state: State) -> None:
     if not detach.wait_for_exit(pid, 60.0):
         raise DaemonError(f"daemon (pid {pid}) did not exit within 60s")
     click.echo("daemon stopped")
+
+
+@daemon.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@click.pass_obj
+def train(state: State, as_json: bool) -> None:
+    """Refit every user's baseline from the ledger's history now (the daemon also does it by itself)."""
+    reply = client.request(state.home, {"type": "train"}, timeout=600.0)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2, sort_keys=True))
+        return
+    for user, info in sorted(reply["users"].items()):
+        click.echo(f"{user}: {info['windows']} windows over {info['days']} day(s), "
+                   + ("model trained" if info["trained"] else "below the minimum: rules only"))
+    click.echo(f"fitted in {reply['fit_ms']} ms")
+
+
+@daemon.command()
+@identity_option
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help="The identity's passphrase (else $UMBRAFS_PASSPHRASE, else a prompt).")
+@kdf_options
+@click.pass_obj
+def credential(state: State, identity: str | None, passphrase_file: Path | None, kdf_memory_kib: int,
+               kdf_iterations: int, kdf_lanes: int) -> None:
+    """Make the daemon's guard key (for `revoke` responses); prints the public file an admin registers with
+    `umbrafs proxy register URL FILE --role guard --scope RECIPIENT`."""
+    from proxy import identity as identity_mod
+    from daemon.respond import guard_home, guard_name
+
+    state.ensure()
+    name = resolve_identity(state, identity)
+    secret = passphrase.get(passphrase_file, prompt=f"Passphrase of identity {name}")
+    unlock_identity(state, name, secret)  # wrapped under the same passphrase the daemon starts with
+    home = guard_home(state.home)
+    home.mkdir(mode=0o700, exist_ok=True)
+    guard = guard_name(name)
+    if not identity_mod.identity_path(home, guard).exists():
+        identity_mod.create(home, guard, secret, _kdf(kdf_memory_kib, kdf_iterations, kdf_lanes))
+    public = home / f"{guard}.pub"
+    public.write_text(identity_mod.export_public(home, guard), encoding="utf-8")
+    click.echo(str(public))
 
 
 COMMANDS = [daemon]

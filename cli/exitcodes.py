@@ -12,7 +12,9 @@ from fs.errors import (
     VaultExists,
     WrongPassphrase,
 )
+from fs.rotate import RotationError
 from daemon.errors import DaemonError, DaemonUnavailable
+from daemon.policy import PolicyError
 from ledger.errors import LedgerError, LedgerTampered
 from proxy import errors as proxy_errors
 
@@ -26,8 +28,10 @@ UNSUPPORTED_FORMAT = 13  # written by a newer umbrafs
 MOUNTPOINT = 14  # missing, not a dir, not empty, busy, already mounted, not mounted
 FUSE_UNAVAILABLE = 15  # /dev/fuse or fusermount3 missing or unusable
 DAMAGE = 16  # fsck found damage; an integrity error
+RESTORE_INCOMPLETE = 17  # restore: a version was no longer kept, or a step was skipped or failed
 AUDIT_UNAVAILABLE = 20  # --audit required and no daemon; daemon not running (daemon status/stop)
 LEDGER_INVALID = 21  # audit verify found tampering or damage
+POLICY_INVALID = 22  # the vault's policy file is unsigned, forged or malformed
 # Sharing (proxy/): a wrong identity passphrase is WRONG_PASSPHRASE (10), a damaged capsule DAMAGE (16),
 # a broken proxy record LEDGER_INVALID (21).
 IDENTITY = 30  # no such identity or contact, name taken, damaged keyring or public-identity file
@@ -35,6 +39,7 @@ PROXY_UNREACHABLE = 31  # too few proxies reachable ("only K of M proxies reacha
 ACCESS_REVOKED = 32  # the grant was revoked at enough proxies
 PROXY_REFUSED = 33  # a proxy refused the request (401/403/404/409/4xx/5xx)
 GRANT_INVALID = 34  # threshold outside 1..N, no or duplicate proxies, bad grant id, grant not stored
+ROTATION_INCOMPLETE = 35  # revoke --rotate stopped (journal kept: `revoke --resume` finishes it)
 
 _BY_CLASS: list[tuple[type[Exception], int]] = [
     (WrongPassphrase, WRONG_PASSPHRASE),
@@ -47,6 +52,7 @@ _BY_CLASS: list[tuple[type[Exception], int]] = [
     (AuditUnavailable, AUDIT_UNAVAILABLE),
     (DaemonUnavailable, AUDIT_UNAVAILABLE),
     (LedgerTampered, LEDGER_INVALID),
+    (PolicyError, POLICY_INVALID),
     (proxy_errors.WrongIdentityPassphrase, WRONG_PASSPHRASE),
     (proxy_errors.IdentityError, IDENTITY),
     (proxy_errors.ProxyUnreachable, PROXY_UNREACHABLE),
@@ -57,6 +63,7 @@ _BY_CLASS: list[tuple[type[Exception], int]] = [
     (proxy_errors.NoSuchShare, NOT_A_VAULT),
     (proxy_errors.ShareRecordInvalid, DAMAGE),
     (proxy_errors.RecordChainBroken, LEDGER_INVALID),
+    (RotationError, ROTATION_INCOMPLETE),
 ]
 
 

@@ -95,11 +95,17 @@ def _same_file(a: Path | None, b: Path | None) -> bool:
 
 def _owner_side(
     state: State, path: Path, identity: str | None, recipient_name: str,
-    passphrase_file: Path | None, vault_passphrase_file: Path | None,
+    passphrase_file: Path | None, vault_passphrase_file: Path | None, offline_vault: Path | None = None,
 ) -> tuple[Path, str, Any, Any, Any, Any]:
     """What share and revoke both need: the vault and path inside it, the unlocked owner
-    identity, the recipient contact, the unlocked vault and the target's key."""
-    _, vault, inner = _in_mount(state, path)
+    identity, the recipient contact, the unlocked vault and the target's key.  With
+    *offline_vault* (revoke --vault), *path* is a path inside that vault's drive, no mount needed."""
+    if offline_vault is None:
+        mountpoint, vault, inner = _in_mount(state, path)
+        _refuse_received_share(state, mountpoint)
+    else:
+        vault_mod.read_config(offline_vault)
+        vault, inner = offline_vault.absolute(), "/" + str(path).lstrip("/")
     owner_name = resolve_identity(state, identity)
     identity_mod.load_own_public(state.home, owner_name)
     recipient = identity_mod.load_public(state.home, recipient_name)
@@ -108,6 +114,15 @@ def _owner_side(
     unlocked = vault_mod.unlock(vault, vault_secret)
     del identity_secret, vault_secret
     return vault, inner, owner, recipient, unlocked, keywalk.find(unlocked, inner)
+
+
+def _refuse_received_share(state: State, mountpoint: Path) -> None:
+    """A recipient's share mount: only the vault's owner shares or revokes what is in it (the
+    recipient has no vault passphrase, and proxies give readers no owner role)."""
+    for record in _mount_records(state):
+        if record.get("mountpoint") == str(mountpoint) and record.get("share_id"):
+            raise ShareError(f"{mountpoint} mounts share {record['share_id']}, a share you received: only the "
+                             "vault's owner can share or revoke what is in it")
 
 
 def _secrets(owner: str, passphrase_file: Path | None, vault_passphrase_file: Path | None) -> tuple[bytes, bytes]:
@@ -194,13 +209,14 @@ def share(state: State, path: Path, recipient_name: str, proxies: tuple[str, ...
     if target.kind == keywalk.KIND_FILE and not read_only:
         raise ShareError(f"{inner}: a shared file is read-only for its recipient; share its directory to let "
                          f"{recipient_name} write")
-    sealed = seal(owner.public, target.key + target.name)
+    sealed, delegation = seal(target.key + target.name)  # a fresh key for this share only
     grant_id = client.new_grant_id()
-    report = client.grant(list(proxies), owner, recipient, threshold, grant_id)
+    report = client.grant(list(proxies), owner, recipient, threshold, grant_id, delegation)
+    del delegation
     record = shares_mod.ShareRecord(
         grant_id, target.kind, target.backing_rel, target.obj_id, owner.public, recipient.name,
         recipient.fingerprint, tuple(report.proxies), threshold, read_only, shares_mod.now_iso(),
-        sealed.capsule, sealed.ciphertext,
+        sealed.capsule, sealed.ciphertext, delegating_pk=sealed.delegating_pk,
     )
     try:
         shares_mod.write(vault, grant_id, record.signed_by(owner))
@@ -279,20 +295,37 @@ def shares(state: State, where: Path, passphrase_file: Path | None, as_json: boo
 
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--from", "recipient_name", required=True, metavar="NAME", help="The contact whose access ends.")
+@click.option("--from", "recipient_name", metavar="NAME", help="The contact whose access ends (required but with --resume).")
+@click.option("--rotate", is_flag=True, help="Also give PATH fresh keys: every directory key below it and every file's "
+                                             "DEK (content re-encrypted), so keys NAME kept open nothing new.")
+@click.option("--resume", is_flag=True, help="Only finish a rotation that was cut short; PATH: the vault, a mountpoint "
+                                             "or a path in it.")
+@click.option("--durable", is_flag=True, help="Rotation safe against a power cut too (fdatasync around every write; slower).")
+@click.option("--vault", "offline_vault", type=click.Path(file_okay=False, path_type=Path),
+              help="The vault directory, not mounted: PATH is then a path inside its drive (/projects/x); "
+                   "a rotation runs offline.")
 @identity_option
 @passphrase_file_option
 @vault_passphrase_file_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON array with each share's revocation report.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array with each share's revocation report "
+                                                       "(with --rotate: an object with revocations and rotation).")
 @click.pass_obj
-def revoke(state: State, path: Path, recipient_name: str, identity: str | None, passphrase_file: Path | None,
-           vault_passphrase_file: Path | None, as_json: bool) -> None:
+def revoke(state: State, path: Path, recipient_name: str | None, rotate: bool, resume: bool, durable: bool,
+           offline_vault: Path | None, identity: str | None, passphrase_file: Path | None, vault_passphrase_file: Path | None,
+           as_json: bool) -> None:
     """Revoke NAME's shares of PATH at every proxy; exit 31 while a revocation does not hold."""
     from proxy import client
 
+    from . import rotate_cmds
+
+    if resume:
+        rotate_cmds.resume(state, path, vault_passphrase_file or passphrase_file, as_json, durable)
+        return
+    if not recipient_name:
+        raise click.UsageError("--from NAME is required (or --resume)")
     vault, inner, owner, recipient, unlocked, target = _owner_side(
-        state, path, identity, recipient_name, passphrase_file, vault_passphrase_file)
-    matches = []
+        state, path, identity, recipient_name, passphrase_file, vault_passphrase_file, offline_vault)
+    matches, revoked_before = [], []
     for share_id in shares_mod.list_ids(vault):
         try:
             signed = shares_mod.read(vault, share_id)
@@ -306,9 +339,12 @@ def revoke(state: State, path: Path, recipient_name: str, identity: str | None, 
         except ShareRecordInvalid as exc:
             click.echo(f"umbrafs: warning: {exc}; revoke it with `umbrafs proxy revoke {share_id}`", err=True)
             continue
-        if record.object_id == target.obj_id and record.recipient == recipient.fingerprint and record.revoked is None:
-            matches.append(record)
-    if not matches:
+        if record.object_id == target.obj_id and record.recipient == recipient.fingerprint:
+            if record.revoked is None:
+                matches.append(record)
+            elif rotate:
+                revoked_before.append(record)
+    if not matches and not revoked_before:
         from proxy.errors import NoSuchShare
 
         raise NoSuchShare(f"no active share of {inner} with {recipient_name}")
@@ -323,13 +359,29 @@ def revoke(state: State, path: Path, recipient_name: str, identity: str | None, 
             "deleted": len(report.deleted) + len(report.already), "proxies": len(report.proxies),
         })
         reports.append(report)
-    if as_json:
-        click.echo(json.dumps([{"id": r.grant_id, "deleted": r.deleted, "already": r.already,
-                                "unreachable": r.unreachable, "refused": r.refused, "holds": r.holds}
-                               for r in reports]))
-    else:
+    revocations = [{"id": r.grant_id, "deleted": r.deleted, "already": r.already,
+                    "unreachable": r.unreachable, "refused": r.refused, "holds": r.holds} for r in reports]
+    if not as_json:
         for r in reports:
             click.echo(r.summary())
+        if not matches:
+            click.echo(f"{inner}: already revoked from {recipient_name}")
+    if rotate:
+        # Even while a revocation does not hold: cfrags would open only the replaced key.
+        from fs.rotate import TargetSpec
+
+        spec = TargetSpec(target.kind, target.backing_rel, target.obj_id)
+        progress = rotate_cmds.run(state, vault, spec, unlocked, reason=f"revoke {inner} from {recipient.fingerprint[:16]}",
+                                   quiet=as_json, durable=durable, path=inner)
+        rotate_cmds.report(progress, as_json)
+        skip = {r.grant_id for r in matches + revoked_before}
+        for other in rotate_cmds.other_shares(vault, progress.get("target") or target.backing_rel, owner.fingerprint, skip):
+            click.echo(f"umbrafs: warning: share {other.grant_id} with {other.recipient_name} sealed a key that was just "
+                       "replaced: it no longer opens; share that path with them again", err=True)
+        if as_json:
+            click.echo(json.dumps({"revocations": revocations, "rotation": progress}))
+    elif as_json:
+        click.echo(json.dumps(revocations))
     if not all(r.holds for r in reports):
         sys.exit(exitcodes.PROXY_UNREACHABLE)
 
@@ -380,7 +432,7 @@ def _serve_share(state: State, vault: Path, mountpoint: Path, share_id: str, nam
         del secret
         # cfrags are fetched once, here; the opened key lives in this process's memory only.
         payload = open_capsule(list(record.proxies), me, record.owner, record.capsule, record.ciphertext,
-                               record.threshold, record.grant_id)
+                               record.threshold, record.grant_id, record.delegating_key)
         if len(payload) < shares_mod.KEY_LEN:
             raise ShareRecordInvalid(f"share {share_id}: the sealed key is too short")
         key, p_name = payload[: shares_mod.KEY_LEN], payload[shares_mod.KEY_LEN :]
@@ -389,7 +441,19 @@ def _serve_share(state: State, vault: Path, mountpoint: Path, share_id: str, nam
         sink = None
         if audit_mode != "off":
             sink = audit.AuditSink(state.home, vault_mod.vault_id(config), required=audit_mode == "required")
-        state.register_mount(mountpoint, vault, effective_ro)
+        state.register_mount(mountpoint, vault, effective_ro, source=sink.source if sink else "",
+                             vault_id=vault_mod.vault_id(config), share_id=share_id, identity=name)
+        # Keys held only by the mount (fs/control.py drops them at lock; unlock fetches them again).
+        from fs.control import ControlSpec
+
+        from .lock_cmds import share_rekey
+
+        control = ControlSpec(state.control_path(mountpoint), state.home, share_id=share_id, identity=name,
+                              rekey=share_rekey(state, vault, share_id, name, rel))
+        is_dir = record.kind == keywalk.KIND_DIR
+        # A box, not a local: this frame must not keep the key alive while the mount is locked.
+        box = [DirKeys(record.object_id, key) if is_dir else SharedFile(rel, record.object_id, key, p_name)]
+        del me, payload, key
         try:
             if sink:
                 detail: dict[str, str | int | bool] = {"share": share_id, "owner": record.owner.fingerprint,
@@ -397,12 +461,12 @@ def _serve_share(state: State, vault: Path, mountpoint: Path, share_id: str, nam
                 sink.emit("unlock", pid=os.getpid(), path=str(vault), detail=detail)
                 sink.emit("mount", pid=os.getpid(), path=str(mountpoint), path2=str(vault), detail=detail)
             ready = lambda: detach.report(ready_fd, "ok")  # noqa: E731
-            if record.kind == keywalk.KIND_DIR:
+            if is_dir:
                 serve(vault, mountpoint, read_only=effective_ro, allow_other=allow_other, events=sink, ready=ready,
-                      root=(rel, DirKeys(record.object_id, key)))
+                      root=(rel, box.pop()), control=control)  # type: ignore[arg-type]
             else:
                 serve(vault, mountpoint, read_only=True, allow_other=allow_other, events=sink, ready=ready,
-                      single_file=SharedFile(rel, record.object_id, key, p_name))
+                      single_file=box.pop(), control=control)  # type: ignore[arg-type]
         finally:
             state.unregister_mount(mountpoint)
             if sink:

@@ -12,7 +12,9 @@ from daemon.paths import ledger_path
 from fs import audit
 from fs import fsck as fsck_mod
 from fs import vault as vault_mod
+from fs import versions as versions_mod
 from fs.errors import MountpointError, UmbrafsError, WrongPassphrase
+from fs.control import ControlSpec
 from fs.mount import check_fuse, check_mountpoint, mounted_paths, serve
 
 from . import detach, exitcodes, passphrase
@@ -57,6 +59,9 @@ def init(vault: Path, passphrase_file: Path | None, kdf_memory_kib: int, kdf_ite
 @click.option("--read-only", is_flag=True, help="Mount read-only.")
 @click.option("--allow-other", is_flag=True, help="Let other users use the mount (root, or user_allow_other in /etc/fuse.conf). Permissions are then checked by the kernel (default_permissions).")
 @click.option("--no-xattr", is_flag=True, help="No extended attributes: writes of many small files get faster (docs/operations.md).")
+@click.option("--keep-versions", "keep_versions", metavar="SIZE,AGE", default="2G,7d", show_default=True,
+              help="Keep the old content of deleted, overwritten or truncated files for `umbrafs restore`, up to SIZE "
+              "and AGE (docs/versions.md); 'off' keeps none.")
 @passphrase_file_option
 @click.option("--passphrase-fd", type=int, help="Read the passphrase from this file descriptor until EOF.")
 @click.option(
@@ -72,10 +77,14 @@ def init(vault: Path, passphrase_file: Path | None, kdf_memory_kib: int, kdf_ite
 def mount(
     state: State, vault: Path, mountpoint: Path, foreground: bool, read_only: bool, allow_other: bool,
     passphrase_file: Path | None, passphrase_fd: int | None, audit: str, share_id: str | None,
-    identity_name: str | None, ready_fd: int | None, no_xattr: bool = False,
+    identity_name: str | None, ready_fd: int | None, no_xattr: bool = False, keep_versions: str = "2G,7d",
 ) -> None:
     """Mount VAULT on MOUNTPOINT; returns once the mount is ready."""
     vault, mountpoint = vault.absolute(), mountpoint.absolute()
+    try:
+        versions = versions_mod.parse_limits(keep_versions)
+    except versions_mod.VersionsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keep-versions") from None
     state.ensure()
     if share_id is not None:
         if no_xattr:
@@ -90,18 +99,19 @@ def mount(
         raise click.UsageError("--identity goes with --share")
     if foreground or ready_fd is not None:
         _mount_here(state, vault, mountpoint, read_only, allow_other, audit, passphrase_file, passphrase_fd, ready_fd,
-                    xattr=not no_xattr)
+                    xattr=not no_xattr, versions=versions)
         return
     vault_mod.read_config(vault)
     check_fuse()
     check_mountpoint(mountpoint)
     secret = passphrase.read_fd(passphrase_fd) if passphrase_fd is not None else passphrase.get(passphrase_file)
-    _spawn_mount(state, vault, mountpoint, read_only, allow_other, audit, secret, xattr=not no_xattr)
+    _spawn_mount(state, vault, mountpoint, read_only, allow_other, audit, secret, xattr=not no_xattr, keep_versions=keep_versions)
 
 
 def _mount_here(
     state: State, vault: Path, mountpoint: Path, read_only: bool, allow_other: bool, audit_mode: str,
     passphrase_file: Path | None, passphrase_fd: int | None, ready_fd: int | None, xattr: bool = True,
+    versions: versions_mod.Limits | None = versions_mod.DEFAULT_LIMITS,
 ) -> None:
     try:
         config = vault_mod.read_config(vault)
@@ -119,14 +129,19 @@ def _mount_here(
                 sink.close(timeout=1.0)
             raise
         del secret
-        state.register_mount(mountpoint, vault, read_only)
+        state.register_mount(mountpoint, vault, read_only, source=sink.source if sink else "",
+                             vault_id=unlocked.vault_id)
+        # The control socket holds the only reference to the unlocked vault, so `lock` can drop it.
+        control = ControlSpec(state.control_path(mountpoint), state.home, vault=unlocked)
+        del unlocked
         try:
             if sink:
                 sink.emit("unlock", pid=os.getpid(), path=str(vault))
                 sink.emit("mount", pid=os.getpid(), path=str(mountpoint), path2=str(vault), detail={"read_only": read_only})
             serve(
-                unlocked, mountpoint, read_only=read_only, allow_other=allow_other, events=sink,
-                ready=lambda: detach.report(ready_fd, "ok"), xattr=xattr,
+                control.vault, mountpoint, read_only=read_only, allow_other=allow_other, events=sink,  # type: ignore[arg-type]
+                ready=lambda: detach.report(ready_fd, "ok"), xattr=xattr, control=control,
+                versions=versions,
             )
         finally:
             state.unregister_mount(mountpoint)
@@ -139,8 +154,8 @@ def _mount_here(
 
 
 def _spawn_mount(state: State, vault: Path, mountpoint: Path, read_only: bool, allow_other: bool, audit_mode: str, secret: bytes,
-                 xattr: bool = True) -> None:
-    args = ["--home", str(state.home), "mount", str(vault), str(mountpoint), "--audit", audit_mode]
+                 xattr: bool = True, keep_versions: str = "2G,7d") -> None:
+    args = ["--home", str(state.home), "mount", str(vault), str(mountpoint), "--audit", audit_mode, "--keep-versions", keep_versions]
     if not xattr:
         args.append("--no-xattr")
     if read_only:

@@ -7,6 +7,8 @@ Requests and their replies::
     {"type": "events", "events": [event…]}    → {"type": "ack", "last_seq": N}
     {"type": "status"}                        → {"type": "status", …}
     {"type": "checkpoint"}                    → {"type": "checkpoint", "size": N, "root": hex}
+    {"type": "train"}                         → {"type": "trained", "users": {user: {…}}, "fit_ms": N}
+        refit every user's anomaly baseline now (docs/anomaly.md)
     {"type": "stop"}                          → {"type": "stopping"}
     anything else                             → {"type": "error", "message": …}
 

@@ -30,6 +30,7 @@ from ledger.errors import LedgerError
 from ledger.store import Ledger
 
 from . import protocol, spool
+from .clock import now_ns
 from .paths import anchor_path, ledger_path, running_pid, save_vault_anchors, saved_vault_anchors, vault_anchor_path
 from .errors import DaemonError
 
@@ -40,7 +41,7 @@ NICENESS = 10
 
 
 class Daemon:
-    def __init__(self, home: Path, ledger: Ledger, key_id: str) -> None:
+    def __init__(self, home: Path, ledger: Ledger, key_id: str, guard: Any | None = None) -> None:
         self.home = home
         self.ledger = ledger
         self.key_id = key_id
@@ -51,14 +52,22 @@ class Daemon:
         self._stop = asyncio.Event()
         self._connected: dict[str, int] = {}  # source → peer pid
         self.started = time.time()
+        from .detector import Detector  # numpy and the model load with the daemon, not with its clients
+
+        self.detector = Detector(home, self.source, self._record, guard)
 
     # -- storing --------------------------------------------------------------
 
     def own_event(self, op: str, **fields: Any) -> Event:
         self._seq += 1
-        return Event(self.source, self._seq, time.time_ns(), op, pid=os.getpid(), comm="umbrafs-daemon", **fields)
+        return Event(self.source, self._seq, now_ns(), op, pid=os.getpid(), comm="umbrafs-daemon", **fields)
 
-    async def store(self, source: str, events: Sequence[Event]) -> int:
+    async def _record(self, vault: str, detail: dict[str, Any]) -> None:
+        """Store one of the detector's decisions (an `anomaly` event)."""
+        async with self._append_lock:
+            await self._append([self.own_event("anomaly", vault=vault, detail=detail)])
+
+    async def store(self, source: str, events: Sequence[Event], arrived_ns: int | None = None) -> int:
         """Append events of one source in seq order, filling gaps from its spool first."""
         async with self._append_lock:
             last = await self.ledger.last_seq(source)
@@ -72,11 +81,12 @@ class Daemon:
                 log.warning("events %d..%d of source %s are lost", last + 1, fresh[0].seq - 1, source)
                 await self.ledger.append([gap])
             if fresh:
-                await self._append(fresh)
+                await self._append(fresh, arrived_ns)
             return await self.ledger.last_seq(source)
 
-    async def _append(self, events: Sequence[Event]) -> None:
+    async def _append(self, events: Sequence[Event], arrived_ns: int | None = None) -> None:
         await self.ledger.append(events)
+        self.detector.observe(events, arrived_ns)  # cheap: scoring is batched, actions run as tasks
         for event in events:
             if event.op == "mount" and event.result == "ok" and event.path2:
                 await self._anchor_vault(Path(event.path2))
@@ -125,6 +135,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stop.set)
         await self.ledger.append([self.own_event("daemon-start")])
+        await self.detector.start(await self.ledger.size())  # baselines from the history, in the background
         await self.sweep()
         await self.ledger.checkpoint()  # the anchor exists from the first start on
         path = protocol.socket_path(self.home)
@@ -147,6 +158,7 @@ class Daemon:
                 path.unlink()
             await server.wait_closed()
             await self.sweep()
+            await self.detector.close()
             await self.ledger.append([self.own_event("daemon-stop")])
 
     def stop(self) -> None:
@@ -202,6 +214,7 @@ class Daemon:
             await self.ingest(new)
             return {"type": "welcome", "last_seq": await self.ledger.last_seq(new)}, new
         if kind == "events":
+            arrived = time.monotonic_ns()  # response times are measured from here
             if source is None:
                 raise protocol.ProtocolError("say hello first")
             raw = message.get("events")
@@ -211,13 +224,15 @@ class Daemon:
             if any(e.source != source for e in events):
                 raise protocol.ProtocolError("events of another source")
             events.sort(key=lambda e: e.seq)
-            return {"type": "ack", "last_seq": await self.store(source, events)}, source
+            return {"type": "ack", "last_seq": await self.store(source, events, arrived)}, source
         if kind == "status":
             return {
                 "type": "status", "pid": os.getpid(), "started": self.started, "entries": await self.ledger.size(),
                 "sources": sorted(self._connected), "spooled_sources": spool.sources(self.spool_dir),
-                "ledger": str(ledger_path(self.home)),
+                "ledger": str(ledger_path(self.home)), "detector": self.detector.status(),
             }, source
+        if kind == "train":
+            return {"type": "trained", **await self.detector.train()}, source
         if kind == "checkpoint":
             cp = await self.ledger.checkpoint()
             return {"type": "checkpoint", "size": cp.size, "root": cp.root.hex()}, source
@@ -238,7 +253,8 @@ async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     await writer.drain()
 
 
-async def run(home: Path, signer: Ed25519PrivateKey, ready: Callable[[], None] = lambda: None) -> None:
+async def run(home: Path, signer: Ed25519PrivateKey, ready: Callable[[], None] = lambda: None,
+              guard: Any | None = None) -> None:
     """Open the ledger, serve until stopped, close (with a final checkpoint)."""
     pidfile = protocol.pidfile_path(home)
     # Storing an event costs the daemon more CPU than emitting it costs the mount; on a
@@ -253,7 +269,7 @@ async def run(home: Path, signer: Ed25519PrivateKey, ready: Callable[[], None] =
         anchors = [anchor_path(home), *saved_vault_anchors(home)]
         ledger = await Ledger.open(ledger_path(home), signer, anchors=anchors)
         try:
-            await Daemon(home, ledger, key_id_of(signer.public_key())).serve(ready)
+            await Daemon(home, ledger, key_id_of(signer.public_key()), guard).serve(ready)
         finally:
             await ledger.close()
     finally:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import format as fmt
 from .errors import IntegrityError, UmbrafsError
+from .keys import unwrap_slot
 
 B = fmt.BLOCK_SIZE
 CB = fmt.CIPHER_BLOCK_SIZE
@@ -27,18 +28,35 @@ class FileTooBig(UmbrafsError):
     errno = errno.EFBIG
 
 
+def previous_dek(header: fmt.Header, dek: bytes) -> bytes | None:
+    """The DEK a file had before `revoke --rotate` began re-encrypting it, or None.
+
+    While a file is mid-rotation its header holds a *self slot* (parent id = the file's
+    own id): the previous DEK wrapped under the new one (docs/format.md, "Rotation").
+    """
+    if header.find_slot(header.obj_id) is None:
+        return None
+    return unwrap_slot(dek, header, header.obj_id)
+
+
 class OpenFile:
-    __slots__ = ("fd", "file_id", "header", "dek", "_aead", "header_len", "size", "refs")
+    __slots__ = ("fd", "file_id", "header", "dek", "_aead", "_prev", "header_len", "size", "refs")
 
     def __init__(self, fd: int, header: fmt.Header, dek: bytes) -> None:
         self.fd = fd
+        self.header_len = header.length
+        self.size = fmt.plain_size(os.fstat(fd).st_size, self.header_len)
+        self.refs = 0
+        self.rekey(header, dek, previous_dek(header, dek))
+
+    def rekey(self, header: fmt.Header, dek: bytes, previous: bytes | None) -> None:
+        """Switch to a new DEK (fs/rotate.py); blocks still under *previous* keep reading."""
         self.header = header
         self.file_id = header.obj_id
         self.dek = dek
         self._aead = AESGCM(dek)
-        self.header_len = header.length
-        self.size = fmt.plain_size(os.fstat(fd).st_size, self.header_len)
-        self.refs = 0
+        # Mid-rotation blocks are under either key: GCM tells them apart (a wrong key fails).
+        self._prev = AESGCM(previous) if previous is not None else None
 
     # -- blocks -----------------------------------------------------------
 
@@ -65,13 +83,16 @@ class OpenFile:
             if not final and chunk[: fmt.NONCE_LEN] == _ZERO_NONCE and chunk == _ZERO_CB:
                 continue  # a hole: the buffer is already zero
             out_off = (block_no - first) * B
+            aad = fmt.block_aad(file_id, block_no, final)
             try:
-                decrypt_into(
-                    chunk[: fmt.NONCE_LEN], chunk[fmt.NONCE_LEN :], fmt.block_aad(file_id, block_no, final),
-                    ov[out_off : out_off + plain_len],
-                )
+                decrypt_into(chunk[: fmt.NONCE_LEN], chunk[fmt.NONCE_LEN :], aad, ov[out_off : out_off + plain_len])
             except InvalidTag:
-                raise IntegrityError(f"block {block_no} failed authentication") from None
+                if self._prev is None:
+                    raise IntegrityError(f"block {block_no} failed authentication") from None
+                try:
+                    self._prev.decrypt_into(chunk[: fmt.NONCE_LEN], chunk[fmt.NONCE_LEN :], aad, ov[out_off : out_off + plain_len])
+                except InvalidTag:
+                    raise IntegrityError(f"block {block_no} failed authentication") from None
         return out
 
     def _encrypt_blocks(self, first: int, plain: bytes | bytearray | memoryview, new_size: int) -> bytearray:

@@ -16,12 +16,15 @@ from typing import Any
 import pyfuse3
 import trio
 
+from . import control as control_mod
+from . import entropy
 from .audit import EventSink
 from .errors import FuseUnavailable, MountpointError
 from .headers import DirKeys
 from .operations import Operations
 from .singlefile import SharedFile, SingleFileOperations
 from .vault import UnlockedVault
+from .versions import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +199,13 @@ def check_fuse() -> None:
         raise FuseUnavailable("fusermount3 not found: install the fuse3 package")
 
 
-async def _serve(ops: Operations | SingleFileOperations, when_live: Callable[[], None]) -> None:
+async def _serve(
+    ops: Operations | SingleFileOperations, when_live: Callable[[], None], ctl: control_mod.MountControl | None = None,
+) -> None:
     async with trio.open_nursery() as nursery:
+        if ctl is not None:
+            ctl.nursery = nursery
+            await nursery.start(ctl.serve)
 
         async def after_init() -> None:
             await ops.initialized.wait()
@@ -215,6 +223,8 @@ async def _serve(ops: Operations | SingleFileOperations, when_live: Callable[[],
         nursery.start_soon(after_init)
         if isinstance(ops, Operations) and ops.events is not None:
             nursery.start_soon(ops.flush_events_forever)
+        if isinstance(ops, Operations) and ops.versions is not None:
+            nursery.start_soon(ops.versions.run, ops)  # flush records, prune the versions area
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -230,13 +240,16 @@ def serve(
     root: tuple[str, DirKeys] | None = None,
     single_file: SharedFile | None = None,
     xattr: bool = True,
+    versions: Limits | None = DEFAULT_LIMITS,
+    control: control_mod.ControlSpec | None = None,
 ) -> None:
     """Mount *vault* on *mountpoint* and serve until unmounted or signalled.
 
     A share recipient passes the vault's path with *root* (a shared directory: its backing
     path and keys) or *single_file* (a shared file, always read-only) instead of the
     owner's unlocked vault.  ``xattr=False`` turns extended attributes off (see
-    Operations.enable_xattr): fewer requests per write(2).
+    Operations.enable_xattr): fewer requests per write(2).  *control* opens the mount's
+    control socket (fs/control.py: lock, unlock, unmount, status).
     """
     check_fuse()
     check_mountpoint(mountpoint)
@@ -250,8 +263,16 @@ def serve(
         ops = Operations(str(vault_path), None, read_only=read_only, events=events, root=root)
     else:
         assert isinstance(vault, UnlockedVault)
-        ops = Operations(str(vault.path), vault.root_wrap_key, read_only=read_only, events=events)
+        ops = Operations(str(vault.path), vault.root_wrap_key, read_only=read_only, events=events, versions=versions)
+    # Keys live on only in ops and *control* (dropped at lock), not in this frame.
+    vault, root, single_file = vault_path, None, None
     ops.enable_xattr = xattr
+    ctl = None
+    if control is not None:
+        control_mod.load_plugins()
+        ctl = control_mod.MountControl(ops, control, mountpoint, vault_path, events=events,
+                                       source=str(getattr(events, "source", "") or ""))
+    entropy.prepare()
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
     options |= {"fsname=umbrafs", "subtype=umbrafs"}
     if read_only:
@@ -271,7 +292,7 @@ def serve(
 
     try:
         with quick_pyfuse3_trio():
-            trio.run(_serve, ops, when_live)
+            trio.run(_serve, ops, when_live, ctl)
     finally:
         try:
             pyfuse3.close(unmount=True)

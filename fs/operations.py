@@ -19,7 +19,11 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from daemon.clock import now_ns
+from ledger.events import OPS
+
 from . import backing
+from . import entropy
 from . import format as fmt
 from .audit import EventSink
 from .backing import join
@@ -39,6 +43,7 @@ from .headers import (
 from .inodes import InodeTable, Link, Node
 from .keywalk import open_dir
 from .names import backing_name, is_long, is_reserved
+from .versions import Limits, VersionStore
 from .xattrs import XattrCipher
 
 log = logging.getLogger(__name__)
@@ -54,11 +59,18 @@ _LINK_MARKER_LEN = 1 + 32  # "~" + base64url(24 random bytes)
 # Refused requests that go on the record (a missing name or a full directory is not news).
 _AUDITED = frozenset({"create", "mknod", "mkdir", "symlink", "unlink", "rmdir", "link", "rename", "setattr", "open"})
 _AUDITED_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOSPC, errno.EDQUOT})
+# What a locked mount still serves (fs/lockdown.py): nothing that needs a key or shows plaintext metadata.
+_LOCKED_OK = frozenset({"release", "releasedir", "forget", "statfs", "flush", "fsync"})
+# An open handle reports a "progress" event each time its byte count crosses another step (long sessions).
+PROGRESS_BYTES = 4 << 20
+_NO_PROGRESS = 1 << 62
 
 
 def _fuse(func: F) -> F:
     @functools.wraps(func)
     async def wrapper(self: "Operations", *args: Any) -> Any:
+        if self.locked:  # the one test a request pays for locking
+            self._refuse_locked(func.__name__, args)
         try:
             return await func(self, *args)
         except pyfuse3.FUSEError as exc:
@@ -83,16 +95,23 @@ def _fuse(func: F) -> F:
 class _Handle:
     """An open file: also the access session reported to the audit sink at release."""
 
-    __slots__ = ("node", "append", "bytes_read", "bytes_written", "reads", "writes", "uid", "pid", "path", "opened_ns", "flags")
+    __slots__ = ("node", "append", "bytes_read", "bytes_written", "reads", "writes", "uid", "pid", "path", "opened_ns", "flags",
+                 "size_before", "overwrite", "sample", "progress_at")
 
-    def __init__(self, node: Node, append: bool, ctx: pyfuse3.RequestContext, path: str, flags: int) -> None:
+    def __init__(self, node: Node, append: bool, ctx: pyfuse3.RequestContext, path: str, flags: int, size_before: int = 0) -> None:
         self.node = node
         self.append = append
         self.bytes_read = self.bytes_written = self.reads = self.writes = 0
         self.uid, self.pid = ctx.uid, ctx.pid
         self.path = path
-        self.opened_ns = time.time_ns()
+        self.opened_ns = now_ns()
         self.flags = flags
+        self.size_before = size_before
+        # The session replaces existing content (interface 2 of the audit events): O_TRUNC of
+        # a non-empty file here, or (set by write) a write at offset 0 into one.
+        self.overwrite = bool(flags & os.O_TRUNC) and size_before > 0
+        self.sample = bytearray()  # up to entropy.SAMPLE_MAX bytes of written plaintext
+        self.progress_at = PROGRESS_BYTES
 
 
 def _access_mode(flags: int) -> str:
@@ -125,6 +144,7 @@ class Operations(pyfuse3.Operations):
         events: EventSink | None = None,
         timeout: float = 1.0,
         root: tuple[str, DirKeys] | None = None,
+        versions: Limits | None = None,
     ) -> None:
         """Serve the owner's whole vault (*root_wrap_key*), or with *root* = (backing path
         below the vault, its keys) a shared directory as the root: a recipient's view.
@@ -136,17 +156,31 @@ class Operations(pyfuse3.Operations):
             self.root_fd = open_dir(vault_path, root[0])
         self.read_only = read_only
         self.events = events  # None: no audit sink attached
+        # pid -> monotonic deadline: a proven `umbrafs restore` (fs/control_restore.py), whose events
+        # are tagged so that the detector does not take the undoing for the attack.
+        self.restoring: dict[int, float] = {}
         self._pending_setattr: list[Any] | None = None  # see _emit
         self.timeout = timeout
         self.inodes = InodeTable(os.fstat(self.root_fd).st_ino)
         if root is None:
             assert root_wrap_key is not None
+            if not read_only:
+                from .rotate import repair  # a `revoke --rotate` cut short: finish its last step first
+
+                repair(vault_path, root_wrap_key)
             self.inodes.root.keys = load_dir_keys(self.root_fd, ".", owner_keys(root_wrap_key))
         else:
             self.inodes.root.keys = root[1]
         self._handles: dict[int, _Handle | _DirHandle] = {}
         self._next_fh = 1
         self.initialized = trio.Event()
+        # Previous versions (fs/versions.py): owner mounts only (the area's key derives from the root wrap key).
+        self.versions: VersionStore | None = None
+        if versions is not None and root is None and not read_only and root_wrap_key is not None:
+            self.versions = VersionStore(self.root_fd, root_wrap_key, versions)
+        self.locked = False  # fs/lockdown.py: keys dropped, requests refused
+        self.locked_refusals = 0
+        self._progress = events is not None and "progress" in OPS
 
     def init(self) -> None:
         # Called by pyfuse3 when the kernel's INIT arrives: the mount is live.
@@ -155,6 +189,8 @@ class Operations(pyfuse3.Operations):
     def close(self) -> None:
         if self.events is not None:
             self.flush_events()
+        if self.versions is not None:
+            self.versions.close()
         os.close(self.root_fd)
 
     async def flush_events_forever(self, interval: float = 1.0) -> None:
@@ -210,6 +246,12 @@ class Operations(pyfuse3.Operations):
                 self._integrity(node, exc)  # name the damaged directory, not just the request
                 raise
         return node.keys
+
+    def _refuse_locked(self, name: str, args: tuple[Any, ...]) -> None:
+        if name in _LOCKED_OK or (name == "getattr" and args[0] == pyfuse3.ROOT_INODE):
+            return  # closing, forgetting and the root's (ciphertext) attributes need no key
+        self.locked_refusals += 1
+        raise pyfuse3.FUSEError(errno.EACCES)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -328,8 +370,14 @@ class Operations(pyfuse3.Operations):
                     file_id = node.file.file_id.hex()
                 elif node.keys is not None:
                     file_id = node.keys.dir_id.hex()
+            pid = ctx.pid if ctx else 0
+            if self.restoring and pid in self.restoring:
+                if time.monotonic() < self.restoring[pid]:
+                    detail = {**(detail or {}), "restore": True}
+                else:
+                    del self.restoring[pid]
             self.events.emit(
-                op, uid=ctx.uid if ctx else 0, pid=ctx.pid if ctx else 0, path=path, path2=path2,
+                op, uid=ctx.uid if ctx else 0, pid=pid, path=path, path2=path2,
                 file_id=file_id, result=result, detail=detail, **counts,
             )
         except Exception:  # a sink must never take a request down
@@ -528,6 +576,8 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EINVAL if node.is_dir else errno.EPERM)
             of = self._open_file(node)
             try:
+                if self.versions is not None and attr.st_size < of.size:  # keep what the cut drops
+                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self._plain_path(node))
                 of.truncate(attr.st_size)
             finally:
                 self._close_file(node)
@@ -612,8 +662,10 @@ class Operations(pyfuse3.Operations):
         assert node.file is not None
         node.file.refs += 1
         path = self._child_path(parent, name) if self.events is not None else ""
-        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags))
+        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, 0))
         self._emit("create", ctx, path, node)
+        if self.versions is not None:  # no copy for a new file: a record, so restore can undo it
+            self.versions.created(ctx.pid, ctx.uid, path or self._child_path(parent, name), node.file.file_id, fh, node.ino)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), attr
 
     @_fuse
@@ -624,6 +676,8 @@ class Operations(pyfuse3.Operations):
             node, attr = self._new_file(parent, name, mode, ctx)
             assert node.file is not None
             node.file.refs += 1
+            if self.versions is not None:
+                self.versions.created(ctx.pid, ctx.uid, self._child_path(parent, name), node.file.file_id, 0, node.ino)
             self._close_file(node)
             self._emit("create", ctx, lambda: self._plain_path(node), node)
             return attr
@@ -733,9 +787,13 @@ class Operations(pyfuse3.Operations):
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             self._drop_file_slot(rel, parent, other_link_check=True)
         self._drop_longlink(rel, parent_rel, st)
-        os.unlink(rel, dir_fd=self.root_fd)
-        self._drop_longname(parent_rel, c_name, b_name)
         node = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
+        # The last link of a regular file goes into the versions area instead (fs/versions.py).
+        if not (self.versions is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and self.versions.keep_unlinked(
+                rel, st, self._keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
+                self._child_path(parent, name))):
+            os.unlink(rel, dir_fd=self.root_fd)
+        self._drop_longname(parent_rel, c_name, b_name)
         self._emit("unlink", ctx, lambda: self._child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
@@ -847,6 +905,7 @@ class Operations(pyfuse3.Operations):
         if cross and exchange and (stat.S_ISLNK(st_src.st_mode) or stat.S_ISLNK(st_dst.st_mode)):  # type: ignore[union-attr]
             raise pyfuse3.FUSEError(errno.EINVAL)
 
+        kept = None  # the replaced file, kept in the versions area (fs/versions.py)
         if cross and stat.S_ISLNK(st_src.st_mode):
             self._rename_symlink_across(src, st_src, old_parent, new_parent, rel_old, rel_new, b_old, b_new, c_old, c_new, st_dst, flags)
         else:
@@ -858,10 +917,14 @@ class Operations(pyfuse3.Operations):
                 saved_header = self._empty_dir_header(rel_new)
             if not exchange:
                 self._write_longname(new_parent_rel, c_new, b_new)
+            if self.versions is not None and st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and st_dst.st_nlink == 1:
+                kept = self.versions.before_replace(rel_new, st_dst, self._keys(new_parent), dst.file if dst is not None else None)
             try:
                 backing.renameat2(self.root_fd, rel_old, rel_new, flags & (backing.RENAME_EXCHANGE | backing.RENAME_NOREPLACE))
             except BaseException:
                 self._restore_dir_header(rel_new, saved_header)
+                if self.versions is not None:
+                    self.versions.abort_replace(kept)
                 raise
             if st_dst is not None and not exchange:
                 self._drop_longlink_after_overwrite(st_dst, new_parent_rel)
@@ -882,6 +945,9 @@ class Operations(pyfuse3.Operations):
             elif dst.is_dir:
                 dst.keys = None
         self._emit("rename", ctx, lambda: self._child_path(old_parent, name_old), src, path2=lambda: self._child_path(new_parent, name_new))
+        if self.versions is not None and not exchange:
+            self.versions.renamed(kept, ctx.pid, ctx.uid, self._child_path(old_parent, name_old), self._child_path(new_parent, name_new),
+                                  self.versions.object_id(rel_new, st_src, src), stat.S_ISDIR(st_src.st_mode))
         if src is not None:
             if cross and stat.S_ISLNK(st_src.st_mode):
                 # The symlink was re-created (new backing inode).  The kernel keeps the
@@ -965,15 +1031,21 @@ class Operations(pyfuse3.Operations):
         if node.fmt != stat.S_IFREG:
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
         of = self._open_file(node)
+        size_before = of.size
         try:
             if flags & os.O_TRUNC:
+                if self.versions is not None and of.size:  # keep what the truncation drops
+                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self._plain_path(node))
                 of.truncate(0)
         except BaseException:
             self._close_file(node)
             raise
         path = self._plain_path(node) if self.events is not None else ""
-        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, size_before))
+        # An audited mount must see every read: pages the kernel kept from an earlier open would be
+        # served without a READ, so the ledger (and the detector) would count 0 bytes — a baseline of
+        # "reads nothing" and an exfiltration of cached files nobody sees.  Unaudited mounts keep them.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=self.events is None)
 
     @_fuse
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -987,7 +1059,21 @@ class Operations(pyfuse3.Operations):
             raise
         handle.reads += 1
         handle.bytes_read += len(data)
+        if handle.bytes_read + handle.bytes_written >= handle.progress_at:
+            self._report_progress(handle, fh)
         return data
+
+    def _report_progress(self, handle: _Handle, fh: int) -> None:
+        """A long session reports as it goes, so the daemon need not wait for release."""
+        if not self._progress:
+            handle.progress_at = _NO_PROGRESS
+            return
+        done = handle.bytes_read + handle.bytes_written
+        handle.progress_at = (done // PROGRESS_BYTES + 1) * PROGRESS_BYTES
+        self._emit(
+            "progress", handle, handle.path, handle.node, bytes_read=handle.bytes_read, bytes_written=handle.bytes_written,
+            reads=handle.reads, writes=handle.writes, opened_ns=handle.opened_ns, detail={"fh": fh},
+        )
 
     def _integrity(self, node: Node, exc: Exception) -> None:
         rel = "?"
@@ -1006,6 +1092,8 @@ class Operations(pyfuse3.Operations):
         assert of is not None
         if handle.append:
             off = of.size
+        if self.versions is not None and fh not in self.versions.kept_fh:  # copy before overwrite (fs/versions.py)
+            self.versions.before_write(fh, of, off, buf, handle.pid, handle.uid, lambda: handle.path or self._plain_path(handle.node))
         try:
             n = of.write(off, buf)
         except IntegrityError as exc:
@@ -1013,6 +1101,12 @@ class Operations(pyfuse3.Operations):
             raise
         handle.writes += 1
         handle.bytes_written += n
+        if off == 0 and handle.size_before:
+            handle.overwrite = True
+        if len(handle.sample) < entropy.SAMPLE_MAX:
+            entropy.add_sample(handle.sample, buf)
+        if handle.bytes_read + handle.bytes_written >= handle.progress_at:
+            self._report_progress(handle, fh)
         return n
 
     @_fuse
@@ -1030,12 +1124,21 @@ class Operations(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if not isinstance(handle, _Handle):
             return
-        self._emit(
-            "access", handle, handle.path, handle.node, bytes_read=handle.bytes_read, bytes_written=handle.bytes_written,
-            reads=handle.reads, writes=handle.writes, opened_ns=handle.opened_ns,
+        if self.events is not None:
             # Re-reads served from the page cache never reach us: the size says what the session could see.
-            detail={"mode": _access_mode(handle.flags), "size": handle.node.file.size if handle.node.file else 0},
-        )
+            detail: dict[str, str | int | bool] = {
+                "mode": _access_mode(handle.flags), "size": handle.node.file.size if handle.node.file else 0,
+                "size_before": handle.size_before, "fh": fh,
+            }
+            if handle.overwrite:
+                detail["overwrite"] = True
+            if handle.bytes_written:
+                detail["entropy"] = entropy.milli_bits(handle.sample)
+            self._emit(
+                "access", handle, handle.path, handle.node, bytes_read=handle.bytes_read, bytes_written=handle.bytes_written,
+                reads=handle.reads, writes=handle.writes, opened_ns=handle.opened_ns, detail=detail,
+            )
+        entropy.wipe(handle.sample)
         self._close_file(handle.node)
 
     # -- directories --------------------------------------------------------

@@ -17,13 +17,14 @@ from typing import Any, Mapping
 SCHEMA = 1
 
 # One access session: open … release of one file handle, with byte and call counts.
-ACCESS_OPS = frozenset({"access", "open"})  # a session; a refused open
+ACCESS_OPS = frozenset({"access", "open", "progress"})  # a session; a refused open; a long session so far
 # Namespace changes, one event per successful or refused request.
 NAMESPACE_OPS = frozenset({"create", "mknod", "mkdir", "unlink", "rmdir", "rename", "setattr", "symlink", "link"})
 # Key and lifecycle events.
 KEY_OPS = frozenset({
     "unlock", "mount", "unmount", "share", "reencrypt", "revoke", "integrity",
     "anomaly", "lock", "unlock-mount", "daemon-start", "daemon-stop", "spool-gap",
+    "ack", "policy",  # an anomaly reviewed; a response policy the daemon took up
 })
 OPS = ACCESS_OPS | NAMESPACE_OPS | KEY_OPS
 

@@ -14,8 +14,8 @@ PACKAGES = ("fs", "cli", "daemon", "proxy", "ledger")
 
 # package → modules of other project packages it may import
 ALLOWED = {
-    "fs": {"ledger.events", "daemon.protocol", "daemon.spool"},
-    "daemon": {"ledger"},
+    "fs": {"ledger.events", "daemon.protocol", "daemon.spool", "daemon.clock", "daemon.mounts"},
+    "daemon": {"ledger", "proxy.client", "proxy.shares", "proxy.identity", "proxy.errors"},  # guard revocation
     "ledger": set(),
     "proxy": {"ledger.events"},
 }

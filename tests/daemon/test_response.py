@@ -115,12 +115,14 @@ def test_policy_is_signed_by_the_vault_and_pinned_against_rollback(aenv: Env) ->
     policy_mod.write(vault, json.dumps(forged).encode())
     assert store.get(vault).on_anomaly == "revoke"
     shown = aenv.run("policy", "show", vault)
-    assert shown.returncode != 0 and "not signed by this vault's owner key" in shown.stderr
+    assert shown.returncode == 22 and "not signed by this vault's owner key" in shown.stderr
     policy_mod.policy_path(vault).unlink()   # deleted: the pinned one stays in force
     assert policy_mod.PolicyStore(aenv.home).get(vault).on_anomaly == "revoke"
     wrong = aenv.run("policy", "set", vault, "--on-anomaly", "lock", "--passphrase-file", aenv.tmp / "nope",
                      input="")
     assert wrong.returncode != 0
+    bad = aenv.run("policy", "set", vault, "--on-anomaly", "lock", "--threshold", "7", "--passphrase-file", aenv.passfile)
+    assert bad.returncode == 2 and "--threshold" in bad.stderr and "Traceback" not in bad.stderr  # usage
 
 
 @pytest.mark.slow
