@@ -34,6 +34,7 @@ class Settings:
     retrain_every: int = 500    # refit after this many new windows of a user
     max_history: int = 20_000   # newest windows kept per user (six weeks of full office days)
     margin: int = 30            # milli: a window must score this far above the baseline's worst
+    min_destroy_pm: int = 10    # overwrites + renames + deletes a minute before destruction is reported
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":

@@ -81,13 +81,12 @@ def load_guard(home: Path, identity_name: str, passphrase: bytes) -> Any | None:
 
 
 def choose_action(policy: Policy, d: Decision) -> str:
-    """Rules act as the policy says; the model alone acts only on windows whose reads left the vault
-    and drove the score (a git clone, a photo import or a tar of a folder stay alerts)."""
-    if d.rule:
-        return policy.on_anomaly
-    if policy.on_anomaly != "alert" and d.read_out and READ_DRIVERS.intersection(d.drivers):
-        return policy.on_anomaly
-    return "alert"
+    """Rules act as the policy says; the model alone only alerts.
+
+    An unusual window is not an attack by itself: in the evaluation the model's only locks were a
+    `tar czf` and a big grep (reads that "left the vault" to a terminal or an archive), while every
+    attack it would have caught was caught first by a rule.  So the model surfaces, rules act."""
+    return policy.on_anomaly if d.rule else "alert"
 
 
 class Responder:
