@@ -29,6 +29,7 @@ from daemon.spool import SpoolWriter
 from ledger.events import encode_fields
 
 from .errors import AuditUnavailable
+from .procnames import ProcessNames
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ _RETRY = 1.0
 # lets a batch gather for _LINGER seconds, unless _BATCH events are already waiting.
 _LINGER = 0.05
 _BATCH = 1000
-_COMM_TTL = 2.0
 
 
 class EventSink(Protocol):
@@ -70,7 +70,7 @@ class AuditSink:
         self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
         self._overflowed = False
         self._stopping = False
-        self._comm: dict[int, tuple[str, float]] = {}
+        self._process_name = ProcessNames()
         self.connected = threading.Event()
         self._sock: socket.socket | None = None
         if required:
@@ -107,23 +107,6 @@ class AuditSink:
                 self._overflowed = True
             if waiting == 1 or waiting == _BATCH:
                 self._wake.notify()
-
-    def _process_name(self, pid: int) -> str:
-        if pid <= 0:
-            return ""
-        now = time.monotonic()
-        hit = self._comm.get(pid)
-        if hit is not None and now - hit[1] < _COMM_TTL:
-            return hit[0]
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                name = f.read().strip().decode("utf-8", "replace")
-        except OSError:
-            name = ""
-        if len(self._comm) > 4096:
-            self._comm.clear()
-        self._comm[pid] = (name, now)
-        return name
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (up to ``timeout``), then stop; the rest stays spooled."""

@@ -22,7 +22,6 @@ import os
 import re
 import stat
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from . import format as fmt
 from . import keys
 from .errors import IntegrityError, UmbrafsError
 from .headers import DirKeys, read_dir_header, read_file_header
+from .procnames import ProcessNames
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ _PENDING_MAX = 512  # buffered create/rename records before a write is forced
 _FLUSH_EVERY = 1.0
 _PRUNE_EVERY = 30.0
 _COMPARE_MAX = 1 << 20
-_COMM_TTL = 2.0
 _RETRY_MAX = 100_000
 _FRESH_MAX = 200_000  # files created in the last coalesce_s that are remembered  # records held while the journal cannot be written  # bytes of a first write compared with what they replace
 
@@ -342,30 +341,15 @@ class VersionStore:
         self._fresh: dict[int, tuple[int, int]] = {}  # backing inode -> (pid, time) of files created here
         self.kept_fh: set[int] = set()  # handles of new files, or whose first real overwrite has been kept
         self.appended_fh: set[int] = set()  # handles that wrote past the end (size before recorded)
-        self._comm: dict[int, tuple[str, float]] = {}
+        self._comm_of = ProcessNames()
         self._reflink = True
         self.added_bytes = 0
         self.kept = 0
 
     # -- journal ------------------------------------------------------------------------
 
-    def _comm_of(self, pid: int) -> str:
-        now = time.monotonic()
-        hit = self._comm.get(pid)
-        if hit is not None and now - hit[1] < _COMM_TTL:  # pids are reused: not for long
-            return hit[0]
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                name = f.read().strip().decode("utf-8", "replace")
-        except OSError:
-            name = ""
-        if len(self._comm) > 4096:
-            self._comm.clear()
-        self._comm[pid] = (name, now)
-        return name
-
     def _record(self, op: str, pid: int, uid: int, path: str, **fields: Any) -> dict[str, Any]:
-        rec = {"t": now_ns(), "op": op, "pid": pid, "uid": uid, "comm": self._comm_of(pid) if pid > 0 else "", "path": path}
+        rec = {"t": now_ns(), "op": op, "pid": pid, "uid": uid, "comm": self._comm_of(pid), "path": path}
         rec.update(fields)
         return rec
 
