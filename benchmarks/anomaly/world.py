@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fs_bench import _proc_starttime as _starttime
+
 log = logging.getLogger("anomaly_eval.world")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,15 +45,6 @@ class WorldError(Exception):
 
 
 # ------------------------------------------------------------------ processes and mounts
-
-
-def _starttime(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else int(fields[19])
 
 
 def alive(pid: int) -> bool:
