@@ -43,7 +43,7 @@ from .headers import (
 from .inodes import InodeTable, Link, Node
 from .keywalk import open_dir
 from .names import backing_name, is_long, is_reserved
-from .versions import Limits, VersionStore
+from .versions import Limits, VersionStore, object_id_at
 from .xattrs import XattrCipher
 
 log = logging.getLogger(__name__)
@@ -906,6 +906,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
 
         kept = None  # the replaced file, kept in the versions area (fs/versions.py)
+        replaced = ""
         if cross and stat.S_ISLNK(st_src.st_mode):
             self._rename_symlink_across(src, st_src, old_parent, new_parent, rel_old, rel_new, b_old, b_new, c_old, c_new, st_dst, flags)
         else:
@@ -917,6 +918,9 @@ class Operations(pyfuse3.Operations):
                 saved_header = self._empty_dir_header(rel_new)
             if not exchange:
                 self._write_longname(new_parent_rel, c_new, b_new)
+            if st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and self.events is not None:
+                # The detector counts a file replaced by rename as destroyed (encrypt-to-new-name ransomware).
+                replaced = object_id_at(self.root_fd, rel_new, st_dst, dst).hex() or "?"
             if self.versions is not None and st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and st_dst.st_nlink == 1:
                 kept = self.versions.before_replace(rel_new, st_dst, self._keys(new_parent), dst.file if dst is not None else None)
             try:
@@ -944,7 +948,8 @@ class Operations(pyfuse3.Operations):
                 dst.add_link(Link(old_parent, name_old, c_old, b_old))
             elif dst.is_dir:
                 dst.keys = None
-        self._emit("rename", ctx, lambda: self._child_path(old_parent, name_old), src, path2=lambda: self._child_path(new_parent, name_new))
+        self._emit("rename", ctx, lambda: self._child_path(old_parent, name_old), src, path2=lambda: self._child_path(new_parent, name_new),
+                   detail={"replaced": replaced} if replaced else None)
         if self.versions is not None and not exchange:
             self.versions.renamed(kept, ctx.pid, ctx.uid, self._child_path(old_parent, name_old), self._child_path(new_parent, name_new),
                                   self.versions.object_id(rel_new, st_src, src), stat.S_ISDIR(st_src.st_mode))

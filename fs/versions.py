@@ -318,6 +318,27 @@ def _extents(fd: int, size: int) -> list[tuple[int, int]]:
 _Replaced = tuple[str, bytes, bytes, os.stat_result, DirKeys | None]
 
 
+def object_id_at(root_fd: int, rel: str, st: os.stat_result, node: Any) -> bytes:
+    """The file or directory id of what is now at *rel* (the node's, if it has it loaded)."""
+    if node is not None:
+        if node.file is not None:
+            return node.file.file_id
+        if node.keys is not None:
+            return node.keys.dir_id
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            return read_dir_header(root_fd, rel).obj_id
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+            try:
+                return read_file_header(fd).obj_id
+            finally:
+                os.close(fd)
+    except (OSError, UmbrafsError):
+        pass
+    return b""
+
+
 class VersionStore:
     """The mount's writer of the versions area (one per owner mount; runs on the trio thread,
     except prune(), which a worker thread runs)."""
@@ -466,24 +487,7 @@ class VersionStore:
             self.note(self._record(OP_RENAME, pid, uid, path, path2=path2, fid=fid.hex(), dir=is_dir))
 
     def object_id(self, rel: str, st: os.stat_result, node: Any) -> bytes:
-        """The file or directory id of what is now at *rel* (the node's, if it has it loaded)."""
-        if node is not None:
-            if node.file is not None:
-                return node.file.file_id
-            if node.keys is not None:
-                return node.keys.dir_id
-        try:
-            if stat.S_ISDIR(st.st_mode):
-                return read_dir_header(self.root_fd, rel).obj_id
-            if stat.S_ISREG(st.st_mode):
-                fd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root_fd)
-                try:
-                    return read_file_header(fd).obj_id
-                finally:
-                    os.close(fd)
-        except (OSError, UmbrafsError):
-            pass
-        return b""
+        return object_id_at(self.root_fd, rel, st, node)
 
     def created(self, pid: int, uid: int, path: str, fid: bytes, fh: int = 0, ino: int = 0) -> None:
         """A new file: a record only.  Writes through its handle need no watching (nothing to keep)."""

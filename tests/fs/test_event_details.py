@@ -49,6 +49,9 @@ def test_event_details_and_the_clock(aenv: Env) -> None:
         os.pwrite(fd, b"HELLO", 0)
         os.close(fd)
         assert (mnt / "small.txt").read_text() == "HELLO, world\n"
+        (mnt / "saved.tmp").write_text("new version\n")
+        os.rename(mnt / "saved.tmp", mnt / "text.py")  # an editor's save: replaces text.py
+        os.rename(mnt / "text.py", mnt / "moved.py")     # nothing replaced
         with open(mnt / "big.bin", "wb") as f:  # a long session reports progress every 4 MiB
             for _ in range(9):
                 f.write(os.urandom(1 << 20))
@@ -79,7 +82,7 @@ def test_event_details_and_the_clock(aenv: Env) -> None:
     assert rnd.bytes_written == 300_000 and rnd.detail["entropy"] > 7900
     assert [e.bytes_read for e in rereads] == [300_000, 300_000]
     assert rnd.detail["size_before"] == 0 and "overwrite" not in rnd.detail
-    [txt] = _access(events, "/text.py")
+    [txt, *_] = _access(events, "/text.py")
     assert txt.detail["entropy"] < 5500
     trunc = _access(events, "/trunc.txt")
     assert [e.detail.get("overwrite", False) for e in trunc] == [False, True]
@@ -90,6 +93,11 @@ def test_event_details_and_the_clock(aenv: Env) -> None:
     assert writes[-1].detail["overwrite"] is True and writes[-1].detail["size_before"] == 13
     reads = [e for e in small if not e.bytes_written]
     assert reads and all("entropy" not in e.detail and "overwrite" not in e.detail for e in reads)
+
+    over, moved = [e for e in events if e.op == "rename"]
+    [created] = [e for e in events if e.op == "create" and e.path == "/text.py"]
+    assert (over.path, over.path2) == ("/saved.tmp", "/text.py") and over.detail["replaced"] == created.file_id
+    assert "replaced" not in moved.detail
 
     [big] = _access(events, "/big.bin")
     progress = [e for e in events if e.op == "progress" and e.path == "/big.bin"]
