@@ -23,7 +23,7 @@ import numpy as np
 from ledger.events import Event
 
 from . import clock
-from .features import MODEL_FEATURES, Normalizer, Window, WindowBuilder
+from .features import FRESH_S, MODEL_FEATURES, Normalizer, Window, WindowBuilder
 from .model import Settings, UserModel, fit_all
 from .paths import ledger_path
 from .policy import PolicyStore
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "anomaly.json"
 TICK_S = 1.0
-GRACE_NS = 2_000_000_000  # a window closes by the clock this long after its end (late deliveries)
+GRACE_NS = 2_000_000_000
+MB = 1 << 20  # a window closes by the clock this long after its end (late deliveries)
 DESTRUCTIVE = frozenset({"overwrites_per_min", "renames_per_min", "deletes_per_min"})
 
 
@@ -86,13 +87,14 @@ class _Users:
         return f"uid:{e.uid}", False
 
 
-def replay(home: Path, upto: int, window_ns: int) -> tuple[dict[str, list[Window]], dict[str, SourceInfo], WindowBuilder]:
+def replay(home: Path, upto: int, window_ns: int,
+           fresh_s: int = FRESH_S) -> tuple[dict[str, list[Window]], dict[str, SourceInfo], WindowBuilder]:
     """Windows of the ledger's first `upto` entries (runs in a worker thread)."""
     from ledger import read
 
     sources: dict[str, SourceInfo] = {}
     users = _Users(sources)
-    norm = Normalizer(users)
+    norm = Normalizer(users, fresh_s)
     builder = WindowBuilder(window_ns)
     history: dict[str, list[Window]] = collections.defaultdict(list)
     path = ledger_path(home)
@@ -141,13 +143,16 @@ class Detector:
         self.window_ns = self.settings.window_s * 1_000_000_000
         self.sources: dict[str, SourceInfo] = {}
         self.users = _Users(self.sources)
-        self.norm = Normalizer(self.users)
+        self.norm = Normalizer(self.users, self.limits.fresh_s)
         self.windows = WindowBuilder(self.window_ns)
         self.rules: dict[str, UserRules] = {}
         self.models: dict[str, UserModel] = {}
         self.history: dict[str, collections.deque[Window]] = {}
         self.new_windows: dict[str, int] = collections.defaultdict(int)
         self.pending: list[Window] = []
+        # An unusual read-out window waits for the user's next minute: a `tar czf` reads one
+        # minute and writes its archive (one session, reported at release) in the next.
+        self.held: dict[str, tuple[Window, list[str], int, Any]] = {}
         self.policies = PolicyStore(self.home)
         self.responder = Responder(self.home, self.policies, self.sources, record, guard)
         self.decisions: list[dict[str, Any]] = []  # the latest few, for status
@@ -169,7 +174,8 @@ class Detector:
     async def _load(self, upto: int) -> None:
         try:
             t0 = time.monotonic()
-            history, sources, builder = await asyncio.to_thread(replay, self.home, upto, self.window_ns)
+            history, sources, builder = await asyncio.to_thread(replay, self.home, upto, self.window_ns,
+                                                                self.limits.fresh_s)
             for source, info in sources.items():
                 self.sources.setdefault(source, info)
             for user, acc in builder.open.items():  # the last minute before the start goes on
@@ -294,10 +300,13 @@ class Detector:
                 log.exception("detector tick failed")
 
     def _close_windows(self, before_ns: int | None) -> None:
-        closed = self.windows.close_before(before_ns if before_ns is not None else 1 << 62)
+        before = before_ns if before_ns is not None else 1 << 62
+        closed = self.windows.close_before(before)
         if closed:
             self.pending.extend(closed)
             self._score_pending()
+        for user in [u for u, h in self.held.items() if h[0].end_ns + self.window_ns <= before]:
+            self._judge_held(user, None)  # the next minute passed without a window: nothing written
 
     def _score_pending(self) -> None:
         """Score every window that closed since the last call: one call per user with a model."""
@@ -312,11 +321,16 @@ class Detector:
         retrain = False
         for user, ws in by_user.items():
             model = self.models.get(user)
-            if model is not None and model.forest is not None:
+            if model is None or model.forest is None:
+                if user in self.held:
+                    self._judge_held(user, ws[0])
+            else:
                 vectors = [w.vector() for w in ws]
                 forest, ranged, excess = model.scores(np.array(vectors))
                 self.stats["score_calls"] += 1
                 for w, v, sf, sr, ex in zip(ws, vectors, forest, ranged, excess):
+                    if user in self.held:
+                        self._judge_held(user, w)
                     f_milli, r_milli = int(round(float(sf) * 1000)), int(round(float(sr) * 1000))
                     w.score = max(f_milli, r_milli)
                     # The forest speaks only above the worst of its own baseline; the range score always.
@@ -334,7 +348,11 @@ class Detector:
                 retrain = True
         self.stats["windows"] += len(batch)
         self.stats["score_ns"] += time.perf_counter_ns() - t0
-        if retrain and self.loaded.is_set() and (self._training is None or self._training.done()):
+        if retrain:
+            self._retrain()
+
+    def _retrain(self) -> None:
+        if self.loaded.is_set() and (self._training is None or self._training.done()):
             self._training = self._spawn(self.train())
 
     def _model_candidate(self, w: Window, vector: list[float], excess: list[float], milli: int,
@@ -344,7 +362,6 @@ class Detector:
         if milli < policy.threshold:
             return
         f = w.features
-        read_out = f["bytes_read"] > 0 and f["bytes_written"] * 2 < f["bytes_read"]
         drivers = model.drivers(vector, excess, MODEL_FEATURES)
         # Reported: reads that left the vault, or destruction. Unusual creating and writing (a git
         # clone, a photo import, a build), copying within the vault (tar of a folder) or an unusual
@@ -352,11 +369,31 @@ class Detector:
         # Someone tidying up 1-3 old copies in a minute is rare in a baseline, hence isolated, and
         # harmless: destruction is reported from min_destroy_pm on (the evaluation's false alerts).
         destroying = f["overwrites_per_min"] + f["renames_per_min"] + f["deletes_per_min"] >= self.settings.min_destroy_pm
-        if not ((read_out and READ_DRIVERS.intersection(drivers)) or (destroying and DESTRUCTIVE.intersection(drivers))):
+        if destroying and DESTRUCTIVE.intersection(drivers):
+            self._report(w, drivers, milli, policy, f["bytes_written"] * 2 < f["bytes_read"])
+        elif f["bytes_read"] and READ_DRIVERS.intersection(drivers):
+            self.held[w.user] = (w, drivers, milli, policy)
+        else:
             self.stats["model_quiet"] += 1
-            return
+
+    def _judge_held(self, user: str, after: Window | None) -> None:
+        """Report a held read-out window unless the reads went back into the vault by the next minute."""
+        w, drivers, milli, policy = self.held.pop(user)
+        read, written = w.features["bytes_read"], w.features["bytes_written"]
+        if after is not None and after.start_ns == w.end_ns:
+            read += after.features["bytes_read"]
+            written += after.features["bytes_written"]
+        # What exfiltration takes is bytes: in the user's usual hours an odd shape of small reads
+        # (a grep through thousands of files) is no loss, and the slow-exfil rule sees volume that
+        # builds up over hours. At an hour the user is never active, any read-out is reported.
+        if written * 2 < read and (read >= self.settings.min_read_mb * MB or "hour" in drivers):
+            self._report(w, drivers, milli, policy, True)
+        else:
+            self.stats["model_quiet"] += 1
+
+    def _report(self, w: Window, drivers: list[str], milli: int, policy: Any, read_out: bool) -> None:
         w.flagged = True
-        d = Decision(w.user, "", milli, dict(f), w.start_ns, w.end_ns, w.source, 0, w.vault_id,
+        d = Decision(w.user, "", milli, dict(w.features), w.start_ns, w.end_ns, w.source, 0, w.vault_id,
                      time.monotonic_ns(), drivers, read_out)
         self._decide(d, policy)
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ledger.events import Event
 
 WINDOW_NS = 60 * 1_000_000_000
+FRESH_S = 120  # a file created this recently is the user's own work in progress
 DAY_NS = 86400 * 1_000_000_000
 HI_ENTROPY = 7500  # milli-bits per byte: compressed or encrypted data is ≥ 7.9, text ~4.5, office XML ~5
 
@@ -63,6 +64,8 @@ class Obs:
     source: str = ""
     seq: int = 0
     vault: str = ""
+    fresh: bool = False   # the file was created within the last `fresh_s`: work in progress, not a victim
+    replaced: str = ""    # RENAME over a pre-existing file: that file's id
 
 
 @dataclass(slots=True)
@@ -105,13 +108,37 @@ class Normalizer:
     """Event → Obs: who the user is, and byte counts that are never counted twice.
 
     A long session reports `progress` events with cumulative counts before its final `access`;
-    only the increase since the last report of that session is counted."""
+    only the increase since the last report of that session is counted.
+
+    A file created within `fresh_s` is marked fresh on later observations: deleting, renaming or
+    rewriting what one just made (a git clone's lock and temporary files, a build's objects) is
+    work in progress, not destruction; the rules and the window features count only the rest."""
 
     MAX_SESSIONS = 100_000
+    MAX_CREATED = 50_000
 
-    def __init__(self, user_of: Callable[[Event], tuple[str, bool]]) -> None:
+    def __init__(self, user_of: Callable[[Event], tuple[str, bool]], fresh_s: int = FRESH_S) -> None:
         self.user_of = user_of
+        self.fresh_ns = fresh_s * 1_000_000_000
         self._sessions: collections.OrderedDict[tuple[Any, ...], tuple[int, int]] = collections.OrderedDict()
+        self._created: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def _made(self, t: int, *keys: str) -> None:
+        created = self._created
+        for key in keys:
+            if key:
+                created[key] = t
+                created.move_to_end(key)
+        while len(created) > self.MAX_CREATED:
+            created.popitem(last=False)
+
+    def _born(self, t: int, *keys: str) -> int | None:
+        """When the newest of these (file id, path) was created, if within fresh_s."""
+        for key in keys:
+            made = self._created.get(key) if key else None
+            if made is not None and t - made < self.fresh_ns:
+                return made
+        return None
 
     def _session_key(self, e: Event) -> tuple[Any, ...]:
         fh = e.detail.get("fh")
@@ -148,9 +175,26 @@ class Normalizer:
         user, share = self.user_of(e)
         d = e.detail
         entropy = d.get("entropy", -1) if written or e.bytes_written else -1
-        return Obs(e.time_ns, user, kind, e.file_id or e.path, e.path, e.pid, e.comm, read, written,
+        file = e.file_id or e.path
+        t = e.time_ns
+        # Freshness by file id and by path: a rename or unlink of a file the mount has not
+        # opened since its creation carries no file id (git's lock files), only the path.
+        if kind == CREATE and op != "link":  # a new name for an old file makes nothing new
+            self._made(t, e.file_id, e.path)
+            fresh = True
+        else:
+            born = self._born(t, e.file_id, e.path)
+            fresh = born is not None
+        replaced = ""
+        if kind == RENAME:
+            target = d.get("replaced")
+            if isinstance(target, str) and target and self._born(t, target, e.path2) is None:
+                replaced = target
+            if born is not None:
+                self._made(born, e.path2)  # the finished file (index.lock -> index) is as new as the lock
+        return Obs(e.time_ns, user, kind, file, e.path, e.pid, e.comm, read, written,
                    d.get("overwrite") is True, entropy if type(entropy) is int else -1, share, e.source, e.seq,
-                   e.vault)
+                   e.vault, fresh, replaced)
 
 
 class _Acc:
@@ -183,7 +227,7 @@ class _Acc:
             self.opens += 1
             if o.read:
                 self.files_read += 1
-            if o.overwrite:
+            if o.overwrite and not o.fresh:
                 self.overwrites += 1
             if o.entropy >= 0:
                 self.ent_sum += o.entropy
@@ -191,11 +235,14 @@ class _Acc:
                 if o.entropy > self.ent_max:
                     self.ent_max = o.entropy
         elif kind == DELETE:
-            self.deletes += 1
+            if not o.fresh:
+                self.deletes += 1
         elif kind == RENAME:
-            self.renames += 1
+            if not o.fresh or o.replaced:
+                self.renames += 1
         elif kind == TRUNCATE:
-            self.overwrites += 1
+            if not o.fresh:
+                self.overwrites += 1
         self.dirs.add(o.path.rpartition("/")[0])
 
 

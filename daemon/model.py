@@ -35,6 +35,7 @@ class Settings:
     max_history: int = 20_000   # newest windows kept per user (six weeks of full office days)
     margin: int = 30            # milli: a window must score this far above the baseline's worst
     min_destroy_pm: int = 10    # overwrites + renames + deletes a minute before destruction is reported
+    min_read_mb: int = 16       # MiB read (in the window and the next) before unusual reading is reported
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":

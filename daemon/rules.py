@@ -13,7 +13,7 @@ import collections
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .features import CREATE, DELETE, HI_ENTROPY, OPEN, PROGRESS, RENAME, TRUNCATE, Obs, hour_of_day
+from .features import CREATE, DELETE, FRESH_S, HI_ENTROPY, OPEN, PROGRESS, RENAME, TRUNCATE, Obs, hour_of_day
 from .model import Profile
 
 S = 1_000_000_000
@@ -24,7 +24,7 @@ MB = 1 << 20
 class Limits:
     ransom_files: int = 5              # victims (pre-existing files destroyed while writing high-entropy data)
     ransom_window_s: int = 10
-    fresh_s: int = 120                 # a file created this recently is the user's own work in progress
+    fresh_s: int = FRESH_S             # a file created this recently is the user's own work in progress
     mass_delete_files: int = 100       # pre-existing files deleted …
     mass_delete_window_s: int = 30     # … within this many seconds
     bulk_floor_mb: int = 16            # bytes read in 5 minutes at an unusual hour
@@ -130,12 +130,13 @@ class _Victims:
     def _pairs(self, key: tuple[int, str]) -> int:
         return min(len(self.hi.get(key, ())), len(self.gone.get(key, ())))
 
-    def _put(self, side: int, table: dict[tuple[int, str], dict[str, int]], o: Obs) -> None:
+    def _put(self, side: int, table: dict[tuple[int, str], dict[str, int]], o: Obs, file: str = "") -> None:
         key = self._key(o)
+        file = file or o.file
         before = self._pairs(key)
-        table.setdefault(key, {})[o.file] = o.t
+        table.setdefault(key, {})[file] = o.t
         self.paired += self._pairs(key) - before
-        self.q.append((o.t, side, key, o.file))
+        self.q.append((o.t, side, key, file))
         self.expire(o.t)
 
     def replaced(self, o: Obs) -> None:
@@ -151,9 +152,11 @@ class _Victims:
     def wrote(self, o: Obs) -> None:
         self._put(1, self.hi, o)
 
-    def destroyed(self, o: Obs) -> None:
-        if o.file not in self.in_place:
-            self._put(2, self.gone, o)
+    def destroyed(self, o: Obs, file: str = "") -> None:
+        """o deleted, renamed away or truncated a pre-existing file (or renamed over one: `file`)."""
+        file = file or o.file
+        if file not in self.in_place:
+            self._put(2, self.gone, o, file)
 
     def expire(self, now: int) -> None:
         q = self.q
@@ -181,7 +184,6 @@ class UserRules:
         self.user = user
         self.limits = limits
         w = limits.ransom_window_s * S
-        self.fresh: dict[str, int] = {}
         self.ransom = _Victims(w)
         self.deleted = _Counter(limits.mass_delete_window_s * S)
         self.read5 = _Sum(300 * S, S)
@@ -190,22 +192,14 @@ class UserRules:
         self.read24h = _Sum(86400 * S, 60 * S)
         self.last: dict[str, int] = {}
 
-    def _is_fresh(self, o: Obs) -> bool:
-        t = self.fresh.get(o.file)
-        return t is not None and o.t - t < self.limits.fresh_s * S
-
     def check(self, o: Obs, profile: Profile | None) -> Hit | None:
         kind = o.kind
         hit = None
         if kind == CREATE:
-            self.fresh[o.file] = o.t
-            if len(self.fresh) > 50_000:  # forget the oldest half
-                for key in list(self.fresh)[:25_000]:
-                    del self.fresh[key]
             return None
         if kind == OPEN or kind == PROGRESS:
             if o.written and o.entropy >= HI_ENTROPY:
-                if o.overwrite and not self._is_fresh(o):
+                if o.overwrite and not o.fresh:
                     self.ransom.replaced(o)
                 else:
                     self.ransom.wrote(o)
@@ -214,11 +208,13 @@ class UserRules:
             if kind == OPEN and o.share and (o.read or not o.written):
                 self.files1h.add(o.t, o.file)
         elif kind in (DELETE, RENAME, TRUNCATE):
-            if not self._is_fresh(o):
+            if not o.fresh:
                 self.ransom.destroyed(o)
                 if kind == DELETE:
                     self.deleted.add(o.t, o.file)
                     hit = hit or self._mass_delete(o, profile)
+            if o.replaced:  # encrypt to a new file, then rename it over the original
+                self.ransom.destroyed(o, o.replaced)
         if hit is None and self.ransom.q:
             hit = self._ransomware(o)
         if hit is None and o.share and kind == OPEN:

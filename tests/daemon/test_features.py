@@ -127,3 +127,30 @@ def test_feature_extraction_is_cheap() -> None:
     windows_of(events, users)
     per_event = (time.perf_counter() - t) / len(events)
     assert per_event < 50e-6, per_event
+
+
+def test_work_in_progress_is_not_destruction_but_rename_over_is() -> None:
+    """git's lock files (created, renamed into place, deleted, known only by path) count as
+    nothing; a pre-existing file deleted, or replaced by a rename, counts as destroyed."""
+    git = [ev(1, 1, "create", "/r/.git/config.lock", file_id="c1"),
+           ev(2, 2, "rename", "/r/.git/config.lock", path2="/r/.git/config"),     # no file id: by path
+           ev(3, 3, "create", "/r/.git/config.lock", file_id="c2"),
+           ev(4, 4, "rename", "/r/.git/config.lock", path2="/r/.git/config", detail={"replaced": "c1"}),
+           ev(5, 5, "unlink", "/r/.git/config"),                                   # renamed into place: still fresh
+           ev(6, 6, "create", "/r/.git/tmp_obj", file_id="c3"),
+           ev(7, 7, "unlink", "/r/.git/tmp_obj")]
+    destroy = [ev(8, 8, "unlink", "/docs/old.txt", file_id="o1"),
+               ev(9, 9, "create", "/docs/.enc.tmp", file_id="n1"),
+               ev(10, 10, "rename", "/docs/.enc.tmp", path2="/docs/report.odt", detail={"replaced": "o2"}),
+               ev(11, 11, "rename", "/docs/a.txt", path2="/docs/a.txt.locked", file_id="o3")]
+    [w] = windows_of(git, _Users({}))
+    assert (w.features["renames_per_min"], w.features["deletes_per_min"]) == (0, 0)
+    [w] = windows_of(destroy, _Users({}))
+    assert (w.features["renames_per_min"], w.features["deletes_per_min"]) == (2, 1)
+    norm = Normalizer(_Users({}), fresh_s=5)
+    obs = [norm.obs(e) for e in git[:2]]
+    assert obs[1].fresh and not obs[1].replaced
+    late = norm.obs(ev(12, 60, "unlink", "/r/.git/config"))   # after fresh_s: an old file now
+    assert not late.fresh
+    over = norm.obs(destroy[2])
+    assert over.replaced == "o2"
