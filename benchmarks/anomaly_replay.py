@@ -71,8 +71,11 @@ async def replay_home(home: Path, settings: Settings, limits: Limits,
     try:
         batch = []
         next_close = 0
+        own: set[str] = set()  # the daemon's own sources: their events carry the daemon's time, not the mounts'
         for _, e in read.entries(conn):
-            if e.op == "anomaly" or e.detail.get("restore") is True:
+            if e.op == "daemon-start":
+                own.add(e.source)
+            if e.source in own or e.detail.get("restore") is True:
                 continue
             n += 1
             if train_at_ns and e.time_ns >= train_at_ns:
