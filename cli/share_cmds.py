@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -265,9 +266,16 @@ def _row(vault: Path, share_id: str, unlocked: vault_mod.UnlockedVault | None) -
 @click.argument("where", type=click.Path(path_type=Path))
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
               help="The vault's passphrase, to show plaintext paths (else $UMBRAFS_PASSPHRASE; without either, backing paths).")
+@click.option("--check", is_flag=True, help="Ask the proxies whether each active share still works (a daemon's guard "
+                                             "may have revoked it there); needs your identity.")
+@identity_option
+@click.option("--identity-passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --check: first line is the identity's passphrase (else $UMBRAFS_IDENTITY_PASSPHRASE, "
+                   "else a prompt).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of shares.")
 @click.pass_obj
-def shares(state: State, where: Path, passphrase_file: Path | None, as_json: bool) -> None:
+def shares(state: State, where: Path, passphrase_file: Path | None, check: bool, identity: str | None,
+           identity_passphrase_file: Path | None, as_json: bool) -> None:
     """List the shares of the vault behind WHERE (a mountpoint, a path in it, or the vault)."""
     vault = _vault_of(state, where)
     vault_mod.read_config(vault)
@@ -275,6 +283,8 @@ def shares(state: State, where: Path, passphrase_file: Path | None, as_json: boo
     if passphrase_file is not None or os.environ.get("UMBRAFS_PASSPHRASE") is not None:
         unlocked = vault_mod.unlock(vault, passphrase.get(passphrase_file))
     rows = [_row(vault, share_id, unlocked) for share_id in shares_mod.list_ids(vault)]
+    if check:
+        _check_at_proxies(state, rows, identity, identity_passphrase_file)
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -285,10 +295,47 @@ def shares(state: State, where: Path, passphrase_file: Path | None, as_json: boo
             click.echo(f"{row['id']}  DAMAGED: {row['error']}")
             continue
         state_text = f"revoked {row['revoked']}" if row["revoked"] else "active"
+        if "at_proxies" in row:
+            state_text += f" ({_proxy_summary(row)})"
         bad = "" if row["signature_ok"] else "  BAD SIGNATURE"
         click.echo(f"{row['id']}  {row['path']}  {row['kind']} -> {row['recipient']} ({row['recipient_fingerprint'][:16]})  "
                    f"{row['threshold']}-of-{len(row['proxies'])} via {','.join(row['proxies'])}  "
                    f"{'read-only' if row['read_only'] else 'read-write'}  since {row['created']}  {state_text}{bad}")
+
+
+def _check_at_proxies(state: State, rows: list[dict[str, Any]], identity: str | None,
+                      passphrase_file: Path | None) -> None:
+    """Add each active share's state at its proxies (row["at_proxies"]), asked as its owner."""
+    from proxy import client
+
+    name = resolve_identity(state, identity)
+    me = identity_mod.unlock(state.home, name, identity_passphrase(passphrase_file, prompt=f"Passphrase of identity {name}"))
+    for row in rows:
+        if "error" in row or row["revoked"] or row["owner_fingerprint"] != me.fingerprint:
+            continue
+        st = client.grant_status(row["proxies"], me, row["id"], row["threshold"])
+        row["at_proxies"] = {"works": st.works, "active": st.active, "missing": st.missing,
+                             "revoked": {u: {"time": t, "by": by} for u, (t, by) in st.revoked.items()},
+                             "unreachable": st.unreachable}
+
+
+def _proxy_summary(row: dict[str, Any]) -> str:
+    at = row["at_proxies"]
+    n = len(row["proxies"])
+    parts = [f"works at the proxies ({len(at['active'])} of {n} hold it)" if at["works"] else
+             "undecided: too many proxies unreachable" if at["works"] is None else
+             f"NO LONGER WORKS: {len(at['active'])} of {n} proxies hold it, {row['threshold']} needed"]
+    if at["revoked"]:
+        by = sorted({v["by"][:16] for v in at["revoked"].values()})
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(v["time"] for v in at["revoked"].values())))
+        parts.append(f"revoked at {len(at['revoked'])} by {','.join(by)} on {when}")
+    if at["missing"]:
+        parts.append(f"unknown to {len(at['missing'])}")
+    if at["unreachable"]:
+        parts.append(f"{len(at['unreachable'])} unreachable")
+    if at["works"] is False:
+        parts.append(f"`umbrafs revoke PATH --from {row['recipient']}` marks it revoked")
+    return "; ".join(parts)
 
 
 # -- revoke ---------------------------------------------------------------------------

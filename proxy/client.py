@@ -429,6 +429,50 @@ def revoke(proxies: Sequence[str], identity: "Identity | auth.RequestSigner", gr
     return report
 
 
+@dataclass
+class GrantStatus:
+    """What each proxy says of one grant: still active, revoked (when, by whom), or unknown."""
+
+    grant_id: str
+    threshold: int
+    active: list[str] = field(default_factory=list)
+    revoked: dict[str, tuple[float, str]] = field(default_factory=dict)  # url -> (when, by fingerprint)
+    missing: list[str] = field(default_factory=list)                    # 404: never stored or pruned
+    unreachable: dict[str, str] = field(default_factory=dict)           # url -> why
+
+    @property
+    def works(self) -> bool | None:
+        """Can the recipient still get cfrags? None when the unreachable proxies decide it."""
+        if len(self.active) >= self.threshold:
+            return True
+        if len(self.active) + len(self.unreachable) < self.threshold:
+            return False
+        return None
+
+
+def grant_status(proxies: Sequence[str], identity: "Identity | auth.RequestSigner", grant_id: str, threshold: int,
+                 timeout: float = DEFAULT_TIMEOUT) -> GrantStatus:
+    """Ask every proxy about one grant (as its owner, recipient, an admin or a guard)."""
+    urls = _check_threshold(proxies, threshold)
+    _check_grant_id(grant_id)
+
+    def one(url: str) -> dict[str, Any]:
+        with ProxyClient(url, identity, timeout) as client:
+            return client.get_grant(grant_id)
+
+    status = GrantStatus(grant_id, threshold)
+    for url, result in _parallel(urls, one).items():
+        if isinstance(result, ProxyRequestError) and result.status == 404:
+            status.missing.append(url)
+        elif isinstance(result, ProxyError):
+            status.unreachable[url] = result.reason if isinstance(result, ProxyDown) else str(result)
+        elif result.get("revoked") is not None:
+            status.revoked[url] = (float(result["revoked"]), str(result.get("revoked_by") or ""))
+        else:
+            status.active.append(url)
+    return status
+
+
 def revoke_recipient(proxies: Sequence[str], signer: "Identity | auth.RequestSigner", recipient: str,
                      timeout: float = DEFAULT_TIMEOUT) -> list[RevokeReport]:
     """Revoke every active grant addressed to *recipient* (a fingerprint) that *signer* can see

@@ -36,6 +36,7 @@ class World:
     drive: Path           # alice's mount of the whole vault
     proxies: list[ProxyProc]
     tmp: Path
+    admin: Identity
 
     @property
     def urls(self) -> list[str]:
@@ -97,7 +98,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             (m / "projects" / "x" / "sub" / "b.txt").write_text("beta\n")
             (m / "projects" / "secret.txt").write_text("parent's file\n")
             (m / "top.txt").write_text("root file\n")
-            yield World(alice, bob, vault, m, proxies, tmp)
+            yield World(alice, bob, vault, m, proxies, tmp, admin)
     finally:
         for p in proxies:
             if p.running:
@@ -282,6 +283,45 @@ def test_shares_lists_records(w: World) -> None:
     event = next(e for e in _spooled(w.alice.home, "share") if e.detail["grant"] == share_id)
     assert event.path == "/projects/x/sub" and event.detail["recipient"] == bob_fingerprint(w)
     assert event.detail["threshold"] == 2 and event.detail["read_only"] is True
+
+
+def test_shares_check_tells_a_revocation_by_a_guard(w: World) -> None:
+    """A daemon's guard deletes bob's grant at the proxies; the owner's vault record still says
+    "active" (only the owner signs it), and `shares --check` tells what the proxies say."""
+    from proxy.client import revoke
+
+    share_id = w.share("/projects/x/sub")
+    guard = make_identity(w.tmp / "guard-home", "guard")
+    for url in w.urls:
+        with ProxyClient(url, w.admin) as client:
+            client.register(guard.public, "guard", scope=[bob_fingerprint(w)])
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        return w.alice.run("shares", w.drive, "--check", "--identity-passphrase-file", w.alice.passfile, *extra)
+
+    def row() -> dict:
+        result = check("--json")
+        assert result.returncode == 0, result.stderr
+        return next(r for r in json.loads(result.stdout) if r["id"] == share_id)
+
+    assert row()["at_proxies"]["works"] is True and sorted(row()["at_proxies"]["active"]) == sorted(w.urls)
+    w.proxies[2].stop()
+    line = next(l for l in check().stdout.splitlines() if share_id in l)
+    assert "active (works at the proxies (2 of 3 hold it); 1 unreachable)" in line, line
+    w.restore()
+    assert revoke(w.urls[:2], guard, share_id, 2).holds
+    at = row()["at_proxies"]
+    assert at["works"] is False and at["active"] == [w.urls[2]]
+    assert {v["by"] for v in at["revoked"].values()} == {guard.fingerprint}
+    line = next(l for l in check().stdout.splitlines() if share_id in l)
+    assert "NO LONGER WORKS: 1 of 3 proxies hold it, 2 needed" in line
+    assert f"revoked at 2 by {guard.fingerprint[:16]}" in line and "`umbrafs revoke PATH --from bob` marks it" in line
+    one_line_error(w.bob_mount_fails(share_id), exitcodes.ACCESS_REVOKED, "access revoked")
+    # The owner marks it: the proxies answer "already" for two, delete the third.
+    done = w.alice.run("revoke", w.drive / "projects" / "x" / "sub", "--from", "bob",
+                       "--passphrase-file", w.alice.passfile, "--vault-passphrase-file", w.alice.passfile)
+    assert done.returncode == 0, done.stderr
+    assert row()["revoked"] is not None and "at_proxies" not in row()  # nothing left to ask
 
 
 def bob_fingerprint(w: World) -> str:
