@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "anomaly.json"
 TICK_S = 1.0
-GRACE_NS = 2_000_000_000
-MB = 1 << 20  # a window closes by the clock this long after its end (late deliveries)
+GRACE_NS = 2_000_000_000  # a window closes by the clock this long after its end (late deliveries)
+MB = 1 << 20
 DESTRUCTIVE = frozenset({"overwrites_per_min", "renames_per_min", "deletes_per_min"})
 
 
