@@ -33,6 +33,7 @@ class Limits:
     share_floor_mb: int = 64           # a share recipient reading this much in an hour …
     share_floor_files: int = 300       # … or this many files
     share_factor: int = 4              # … and this many times its own most in an hour
+    off_hours_mb: int = 16             # read in 24 h at hours the user is never active, by unfamiliar processes
     slow_floor_mb: int = 64            # 24 h read volume …
     slow_factor: int = 3               # … and this many times the user's 95th-percentile day
     cooldown_s: int = 60               # one decision per user and rule per cooldown
@@ -190,7 +191,9 @@ class UserRules:
         self.read1h = _Sum(3600 * S, 10 * S)
         self.files1h = _Counter(3600 * S)
         self.read24h = _Sum(86400 * S, 60 * S)
+        self.off_hours = _Sum(86400 * S, 60 * S)
         self.last: dict[str, int] = {}
+        self._minute: tuple[Any, int, bool] = (None, 0, False)  # ((minute, profile), hour, unusual)
 
     def check(self, o: Obs, profile: Profile | None) -> Hit | None:
         kind = o.kind
@@ -258,24 +261,42 @@ class UserRules:
                 return hit
         if profile is None:
             return None
+        hour, unusual = self._hour(o.t, profile)
+        # Reads at hours the person is never active add up over a day: an hourly trickle stays
+        # under every 5-minute limit, and a nightly backup is familiar, so it does not count.
+        off_hours = unusual and not profile.familiar(o.comm, hour)
+        if off_hours:
+            self.off_hours.add(o.t, o.read)
         # Cheap bounds first: almost every read leaves the totals far below any floor.
         if self.read5.total >= lim.bulk_floor_mb * MB:
-            hour = int(hour_of_day(o.t)) % 24
             familiar = profile.familiar(o.comm, hour)
             # A process that reads here every night (a backup) is measured against its own volume,
             # anything else against what the person read at this hour.
             usual = profile.max_read_5min_all if familiar else profile.max_read_5min
             need = max(lim.bulk_floor_mb * MB, lim.bulk_factor * max(usual[(hour + d) % 24] for d in (-1, 0, 1)))
             if self.read5.total >= need:
-                unusual = profile.hour_share(hour) * 1000 < lim.unusual_share_pm
                 if unusual or familiar:
                     return self._fire("bulk-read", o, {"read_5min": self.read5.total, "needed": need,
                                                        "hour": hour, "unusual_hour": int(unusual)}, 300)
+        if off_hours and self.off_hours.total >= lim.off_hours_mb * MB:
+            hit = self._fire("off-hours-read", o, {"read_off_hours_24h": self.off_hours.total,
+                                                   "needed": lim.off_hours_mb * MB, "hour": hour}, 86400)
+            if hit is not None:
+                self.off_hours = _Sum(86400 * S, 60 * S)  # the next report takes as much again
+                return hit
         if self.read24h.total >= lim.slow_floor_mb * MB:
             need24 = max(lim.slow_floor_mb * MB, lim.slow_factor * profile.p95_daily_read)
             if self.read24h.total >= need24:
                 return self._fire("slow-exfil", o, {"read_24h": self.read24h.total, "needed": need24}, 86400)
         return None
+
+    def _hour(self, t: int, profile: Profile) -> tuple[int, bool]:
+        """(local hour, is it unusual for the user): computed once a minute and profile."""
+        key = (t // (60 * S), id(profile))
+        if self._minute[0] != key:
+            hour = int(hour_of_day(t)) % 24
+            self._minute = (key, hour, profile.hour_share(hour) * 1000 < self.limits.unusual_share_pm)
+        return self._minute[1], self._minute[2]
 
     def _share(self, o: Obs, profile: Profile | None) -> Hit | None:
         lim = self.limits

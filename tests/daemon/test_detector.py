@@ -276,6 +276,25 @@ def test_nightly_backup_is_routine_but_a_night_download_is_not() -> None:
     assert night("curl", 40 * MiB, 3) == ["bulk-read"]               # 40 MiB at 3 AM by anything else
     assert night("restic", 2000 * MiB, 2)[:1] == ["bulk-read"]       # even the backup's process, at 10x its volume
 
+    # A trickle: 4 MiB at 17 past every hour, day and night (no 5 minutes reach the bulk floor).
+    rules, norm = UserRules(f"uid:{UID}", Limits()), Normalizer(_Users({}))
+    day = first + datetime.timedelta(days=12)
+    hits = []
+    for h in range(24):
+        for k in range(4):
+            o = norm.obs(f.event(local_ns(day, h, 17, k), "access", f"/projects/x{h}-{k}", comm="rclone",
+                                 file_id=f"{h:08x}{k:08x}", bytes_read=MiB, detail={"mode": "r"}))
+            hit = rules.check(o, model.profile)
+            if hit:
+                hits.append((h, hit.rule, hit.facts))
+    # 00:17, 01:17, 02:17 (the backup's hour is usual for restic only), 03:17: the 16th MiB off hours.
+    assert [(h, rule) for h, rule, _ in hits][:1] == [(3, "off-hours-read")], hits
+    assert hits[0][2]["read_off_hours_24h"] == 16 * MiB
+    # After a report the count starts again: the next one takes another 16 MiB of night reads.
+    assert [h for h, rule, _ in hits if rule == "off-hours-read"][1:2] == [7]
+    # The backup itself, every night, never adds to it.
+    assert night("restic", 200 * MiB, 2) == [] and night("restic", 200 * MiB, 3) == []
+
 
 def test_model_reports_exfiltration_but_not_the_lookalikes(tmp_path: Path) -> None:
     """The daemon's Detector in-process (no socket): after office days, a git clone, a photo import,
