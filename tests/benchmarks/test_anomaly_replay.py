@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from tests.conftest import Env
 from tests.daemon import conftest as daemon_fixtures
 from tests.daemon.conftest import Daemon, wait_for
-from tests.daemon.test_detector import MiB, S, Feeder, anomalies, local_ns, office_day, train, tuned  # noqa: F401
+from tests.daemon.test_detector import MiB, S, anomalies, local_ns, office_days, train, tuned  # noqa: F401
 
 aenv = daemon_fixtures.aenv  # the environment `tuned` builds on; its daemon is stopped at the end
 REPLAY = Path(__file__).resolve().parents[2] / "benchmarks" / "anomaly_replay.py"
@@ -19,11 +18,7 @@ REPLAY = Path(__file__).resolve().parents[2] / "benchmarks" / "anomaly_replay.py
 def test_replay_lists_the_3am_read_the_daemon_flagged(tuned: Env) -> None:  # noqa: F811
     d = Daemon(tuned)
     d.start()
-    f = Feeder(tuned.home)
-    rng = random.Random(5)
-    first = datetime.date.today() - datetime.timedelta(days=12)
-    for i in range(5):
-        f.send(office_day(f, first + datetime.timedelta(days=i), rng))
+    f, first = office_days(tuned, 5, seed=5, ago=12)
     train(tuned)
     night = first + datetime.timedelta(days=6)
     t = local_ns(night, 3, 7)

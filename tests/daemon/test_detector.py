@@ -92,6 +92,16 @@ def office_day(f: Feeder, day: datetime.date, rng: random.Random) -> list[Event]
     return out
 
 
+def office_days(env: Env, days: int, seed: int, ago: int) -> tuple[Feeder, datetime.date]:
+    """`days` office days fed to the home's daemon, the first `ago` days back; the feeder stays open."""
+    f = Feeder(env.home)
+    rng = random.Random(seed)
+    first = datetime.date.today() - datetime.timedelta(days=ago)
+    for i in range(days):
+        f.send(office_day(f, first + datetime.timedelta(days=i), rng))
+    return f, first
+
+
 @pytest.fixture
 def tuned(aenv: Env) -> Env:
     """Small baseline minimums, no automatic refit (the tests ask for it)."""
@@ -109,11 +119,7 @@ def train(env: Env) -> dict[str, Any]:
 def test_model_flags_a_3am_read_after_office_days_and_not_a_normal_day(tuned: Env) -> None:
     d = Daemon(tuned)
     d.start()
-    f = Feeder(tuned.home)
-    rng = random.Random(5)
-    first = datetime.date.today() - datetime.timedelta(days=12)
-    for i in range(5):
-        f.send(office_day(f, first + datetime.timedelta(days=i), rng))
+    f, first = office_days(tuned, 5, seed=5, ago=12)
     trained = train(tuned)["users"][f"uid:{UID}"]
     assert trained["trained"] and trained["days"] == 5, trained
 
@@ -143,11 +149,7 @@ def test_model_flags_a_3am_read_after_office_days_and_not_a_normal_day(tuned: En
 def test_bulk_read_rule_cuts_in_mid_session_at_an_unusual_hour(tuned: Env) -> None:
     d = Daemon(tuned)
     d.start()
-    f = Feeder(tuned.home)
-    rng = random.Random(6)
-    first = datetime.date.today() - datetime.timedelta(days=10)
-    for i in range(4):
-        f.send(office_day(f, first + datetime.timedelta(days=i), rng))
+    f, first = office_days(tuned, 4, seed=6, ago=10)
     f.close()
 
     def trained() -> bool:
