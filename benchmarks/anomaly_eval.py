@@ -8,12 +8,12 @@ real audit daemons detecting and three real proxies on 127.0.0.1.  A shared fake
 ($UMBRAFS_CLOCK_FILE, daemon/clock.py) jumps between activities, so a simulated day costs
 seconds; inside an activity it runs at real speed, so rates are real.  The first weeks train
 the daemons; alarms in the later weeks are false alarms.  Then each attack (night bulk
-download, slow exfiltration, ransomware at 40 and 400 files/s, mass deletion, a share
+download at 100 MiB/s and at disk speed, slow exfiltration, ransomware at 40 and 400 files/s, mass deletion, a share
 recipient pulling everything) runs on its own copy of the trained world; the report says per
 attack whether it was detected, how fast the response came (real ms), what was read or
 destroyed before it, and what `umbrafs restore` could not put back byte for byte.
 
-    python benchmarks/anomaly_eval.py                 # 6 weeks (2 learned) x 4 users, all attacks (~20 min)
+    python benchmarks/anomaly_eval.py                 # 6 weeks (2 learned) x 4 users, all attacks (~30 min)
     python benchmarks/anomaly_eval.py --quick         # smoke test, < 3 min
     python benchmarks/anomaly_eval.py --scenarios ransomware-40,download-3am --weeks 2
 
@@ -41,7 +41,7 @@ from benchmarks.anomaly.world import World, WorldError, build, signals_as_interr
 log = logging.getLogger("anomaly_eval")
 MB = 1_000_000
 RESULTS = Path(__file__).resolve().parent / "results-anomaly.txt"
-QUICK_SCENARIOS = ("download-3am", "ransomware-40", "share-pull")
+QUICK_SCENARIOS = ("download-3am", "download-3am-disk", "ransomware-40", "share-pull")
 
 TARGETS = """targets (issue 5): every attack detected; <= 1 false alarm per 100 user-days and none that revokes/locks
 on a benign look-alike; ransomware stopped within 10 files at 40 files/s and 0 files unrecoverable at any

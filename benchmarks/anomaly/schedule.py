@@ -210,6 +210,7 @@ def scenarios(quick: bool = False) -> list[Scenario]:
     big = 100 if quick else 500
     return [
         Scenario("download-3am", "bulk_download", 0, 3.0, (("mib", big), ("rate_mib_s", 100))),
+        Scenario("download-3am-disk", "bulk_download", 0, 3.0, (("mib", big), ("rate_mib_s", 0))),
         Scenario("slow-exfil", "slow_exfil", 1, 0.0, (("hours", 24 if quick else 72), ("mib_per_hour", 4))),
         Scenario("ransomware-40", "ransomware", 0, 11.0, (("rate", 40), ("mode", "locked"))),
         Scenario("ransomware-400", "ransomware", 2, 15.0, (("rate", 400), ("mode", "inplace"))),

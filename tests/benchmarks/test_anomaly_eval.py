@@ -87,9 +87,11 @@ def test_user_days_and_label_counts() -> None:
 
 def test_every_attack_of_the_issue_is_a_scenario() -> None:
     names = [s.name for s in schedule.scenarios()]
-    assert names == ["download-3am", "slow-exfil", "ransomware-40", "ransomware-400", "mass-delete", "share-pull"]
+    assert names == ["download-3am", "download-3am-disk", "slow-exfil", "ransomware-40", "ransomware-400",
+                     "mass-delete", "share-pull"]
     by = {s.name: s for s in schedule.scenarios()}
     assert by["download-3am"].hour == 3.0 and by["download-3am"].param("mib") == 500
+    assert by["download-3am"].param("rate_mib_s") == 100 and by["download-3am-disk"].param("rate_mib_s") == 0
     assert by["ransomware-40"].param("rate") == 40 and by["ransomware-400"].param("rate") == 400
     assert by["share-pull"].user_index is None
     assert schedule.scenarios(quick=True)[0].param("mib") < 500
@@ -108,7 +110,7 @@ def test_quick_evaluation_runs_end_to_end_and_cleans_up() -> None:
         shutil.rmtree(work.parent, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for name in ("download-3am", "ransomware-40", "share-pull"):  # --quick runs these three
+    for name in ("download-3am", "download-3am-disk", "ransomware-40", "share-pull"):  # what --quick runs
         assert re.search(rf"^{name}\s+(yes|NO)\s", out, re.M), out
     # ransomware at 40 files/s is the one attack a rule must always catch, and restore must undo it
     row = re.search(r"^ransomware-40\s+yes\s.*$", out, re.M)

@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from daemon import protocol
@@ -384,3 +385,23 @@ def test_a_ledger_started_afresh_is_not_consistent_with_a_saved_checkpoint(aenv:
     assert "ledger ok" in aenv.run("audit", "verify", check=True).stdout  # self-consistent on its own
     bad = aenv.run("audit", "consistency", saved)
     assert bad.returncode == 21 and "rewritten" in bad.stderr, bad.stderr
+
+
+def test_an_event_that_moved_a_mebibyte_is_delivered_without_the_linger(aenv: Env, daemon: Daemon, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Small events gather for a linger; a large read cuts it short (the bulk-read rule is waiting)."""
+    from fs import audit
+
+    monkeypatch.setattr(audit, "_LINGER", 30.0)  # long enough that only the cut can explain a delivery
+    sink = audit.AuditSink(aenv.home, "00" * 16, required=True)
+    try:
+        def delivered(op: str) -> bool:
+            return bool(_mine(daemon.events(), sink.source, op))
+
+        sink.emit("mkdir", pid=os.getpid(), path="/small")
+        time.sleep(1.0)
+        assert not delivered("mkdir"), "a small event did not wait for the linger"
+        sink.emit("access", pid=os.getpid(), path="/big", bytes_read=4 << 20)
+        wait_for(lambda: delivered("access"), "the large read's event", timeout=10.0)
+        assert delivered("mkdir")  # it went in the same batch
+    finally:
+        sink.close()
