@@ -8,12 +8,12 @@ real audit daemons detecting and three real proxies on 127.0.0.1.  A shared fake
 ($UMBRAFS_CLOCK_FILE, daemon/clock.py) jumps between activities, so a simulated day costs
 seconds; inside an activity it runs at real speed, so rates are real.  The first weeks train
 the daemons; alarms in the later weeks are false alarms.  Then each attack (night bulk
-download at 100 MiB/s and at disk speed, slow exfiltration, ransomware at 40 and 400 files/s, mass deletion, a share
-recipient pulling everything) runs on its own copy of the trained world; the report says per
+download at 100 MiB/s and at disk speed, slow exfiltration, ransomware at 40 and 400 files/s,
+mass deletion, a share recipient pulling everything) runs on its own copy of the trained world; the report says per
 attack whether it was detected, how fast the response came (real ms), what was read or
 destroyed before it, and what `umbrafs restore` could not put back byte for byte.
 
-    python benchmarks/anomaly_eval.py                 # 6 weeks (2 learned) x 4 users, all attacks (~30 min)
+    python benchmarks/anomaly_eval.py                 # 6 weeks (2 learned) x 4 users, all attacks (~26 min)
     python benchmarks/anomaly_eval.py --quick         # smoke test, < 3 min
     python benchmarks/anomaly_eval.py --scenarios ransomware-40,download-3am --weeks 2
 
