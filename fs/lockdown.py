@@ -88,7 +88,7 @@ def wipe_unreferenced(dropped: Dropped) -> None:
 
 
 def _nodes(ops: Operations) -> list[Any]:
-    return list(ops.inodes._nodes.values())  # the table offers no iterator; read-only walk
+    return list(ops.inodes)
 
 
 def _forget_open_file_key(of: Any, dropped: Dropped) -> None:

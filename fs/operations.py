@@ -36,6 +36,7 @@ from .headers import (
     owner_keys,
     read_dir_header,
     read_file_header,
+    read_obj_id,
     update_dir_slot,
     write_dir_header,
     write_file_slot,
@@ -234,18 +235,80 @@ class Operations(pyfuse3.Operations):
         return "/" + "/".join(reversed(parts))
 
     def _keys(self, node: Node) -> DirKeys:
-        if node.keys is None:
+        while node.keys is None:
             if not node.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             if not node.links:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             parent_keys = self._keys(node.links[0].parent)
             try:
-                node.keys = load_dir_keys(self.root_fd, self._rel(node), parent_keys)
+                keys = load_dir_keys(self.root_fd, self._rel(node), parent_keys)
             except (IntegrityError, UnsupportedFormat) as exc:
+                if node.obj_id and read_obj_id(self.root_fd, self._rel(node), stat.S_IFDIR) != node.obj_id:
+                    self._stale(node)  # another directory sits at the path now
+                    continue
                 self._integrity(node, exc)  # name the damaged directory, not just the request
                 raise
+            if node.obj_id and keys.dir_id != node.obj_id:
+                self._stale(node)
+                continue
+            node.obj_id = keys.dir_id
+            node.keys = keys
         return node.keys
+
+    # -- where a node is now: the backing dir has other writers ----------------
+
+    def _identity(self, rel: str, file_fmt: int) -> Callable[[], bytes]:
+        return lambda: read_obj_id(self.root_fd, rel, file_fmt)
+
+    def _stale(self, node: Node) -> None:
+        """*node*'s first link no longer leads to it: another writer moved, replaced or
+        deleted it.  Forget that link (if the parent itself moved, forget the parent's);
+        with no link left the request answers ESTALE and the kernel looks the path up again."""
+        link = node.links[0]
+        if link.parent is not self.inodes.root:
+            self._locate(link.parent)  # raises if the parent is the one that went
+        log.info("backing object of inode %d is no longer at %s (changed by another writer)", node.ino, self._rel(node))
+        node.links.pop(0)
+        if not node.links:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+
+    def _locate(self, node: Node, dir_by_ino: bool = False) -> tuple[str, os.stat_result]:
+        """The backing path of *node*, checked to hold *node*'s own object, and its stat
+        (*dir_by_ino*: see InodeTable.is_object)."""
+        while True:
+            rel = self._rel(node)
+            try:
+                st = self._lstat(rel)
+            except FileNotFoundError:
+                st = None
+            if st is not None and self.inodes.is_object(node, st, self._identity(rel, node.fmt), dir_by_ino):
+                return rel, st
+            if node is self.inodes.root:
+                raise pyfuse3.FUSEError(errno.ESTALE)
+            self._stale(node)
+
+    def _node_at(self, rel: str, st: os.stat_result, dir_by_ino: bool = False) -> Node | None:
+        """The node of the object just found at *rel*, if the table has one (not a stale
+        node whose inode number the backing fs has since given to this object)."""
+        node = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
+        if node is None or not self.inodes.is_object(node, st, self._identity(rel, stat.S_IFMT(st.st_mode)), dir_by_ino):
+            return None
+        return node
+
+    def _dir_rel(self, node: Node) -> str:
+        """The backing path of directory *node*, checked by its header's id (a directory
+        changes ctime with every entry, so its id is read each time): before anything is
+        created or listed in it.  Removing a name needs no such check: the name, encrypted
+        under this directory's key, exists in no other directory."""
+        keys = self._keys(node)
+        if node is self.inodes.root:
+            return "."
+        while True:
+            rel = self._rel(node)
+            if read_obj_id(self.root_fd, rel, stat.S_IFDIR) == keys.dir_id:
+                return rel
+            self._stale(node)
 
     def _refuse_locked(self, name: str, args: tuple[Any, ...]) -> None:
         if name in _LOCKED_OK or (name == "getattr" and args[0] == pyfuse3.ROOT_INODE):
@@ -320,10 +383,13 @@ class Operations(pyfuse3.Operations):
             return 0
 
     def _entry(
-        self, parent: Node, p_name: bytes, c_name: str, b_name: str, count: bool = True, parent_rel: str | None = None
+        self, parent: Node, p_name: bytes, c_name: str, b_name: str, count: bool = True, parent_rel: str | None = None,
+        obj_id: bytes = b"",
     ) -> tuple[Node, pyfuse3.EntryAttributes]:
-        st = self._lstat(join(self._rel(parent) if parent_rel is None else parent_rel, b_name))
-        node = self.inodes.remember(st, Link(parent, p_name, c_name, b_name), count)
+        """Stat and remember the entry *b_name* of *parent*; *obj_id*: its id when we just made it."""
+        rel = join(self._rel(parent) if parent_rel is None else parent_rel, b_name)
+        st = self._lstat(rel)
+        node = self.inodes.remember(st, Link(parent, p_name, c_name, b_name), count, obj_id or self._identity(rel, stat.S_IFMT(st.st_mode)))
         return node, self._attr(st, node)
 
     def _emit(
@@ -444,16 +510,38 @@ class Operations(pyfuse3.Operations):
                 return keys.unwrap(header)
         raise IntegrityError("file has no key slot for any directory it is linked from")
 
-    def _open_file(self, node: Node) -> OpenFile:
-        if node.file is None:
+    def _open_backing(self, node: Node) -> tuple[int, fmt.Header]:
+        """Open *node*'s backing file by path, checked to be *node*'s own object: the
+        inode number it was known by and, once known, the file id in its header."""
+        while True:
             fd = backing.open_file(self.root_fd, self._rel(node), not self.read_only)
             try:
-                header = read_file_header(fd)
-                node.file = OpenFile(fd, header, self._dek_from(node, header))
+                st = os.fstat(fd)
+                if self.inodes.fuse_ino(st.st_ino) == node.ino and stat.S_ISREG(st.st_mode):
+                    header = read_file_header(fd)
+                    if not node.obj_id or header.obj_id == node.obj_id:
+                        node.obj_id = header.obj_id
+                        self.inodes.confirmed(node, st)
+                        return fd, header
+                    log.info("backing file %s holds file id %s, not %s: replaced by another writer",
+                             self._rel(node), header.obj_id.hex(), node.obj_id.hex())
             except BaseException as exc:
                 os.close(fd)
                 if isinstance(exc, (IntegrityError, UnsupportedFormat)):
                     self._integrity(node, exc)  # name the damaged backing file
+                raise
+            os.close(fd)
+            self._stale(node)
+
+    def _open_file(self, node: Node) -> OpenFile:
+        if node.file is None:
+            fd, header = self._open_backing(node)
+            try:
+                node.file = OpenFile(fd, header, self._dek_from(node, header))
+            except BaseException as exc:
+                os.close(fd)
+                if isinstance(exc, (IntegrityError, UnsupportedFormat)):
+                    self._integrity(node, exc)
                 raise
         node.file.refs += 1
         return node.file
@@ -507,9 +595,21 @@ class Operations(pyfuse3.Operations):
     # -- symlinks -----------------------------------------------------------
 
     def _readlink(self, node: Node) -> bytes:
-        rel = self._rel(node)  # first: a node without links answers ESTALE, not IndexError
-        link = node.links[0]
-        c_target = os.readlink(rel, dir_fd=self.root_fd)
+        while True:
+            rel = self._rel(node)  # first: a node without links answers ESTALE, not IndexError
+            link = node.links[0]
+            try:
+                c_target = os.readlink(rel, dir_fd=self.root_fd)
+            except (FileNotFoundError, NotADirectoryError):
+                c_target = ""
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: not a symlink (any more)
+                    raise
+                c_target = ""
+            # The backing target is random per symlink: it tells this link from one put in its place.
+            if c_target and (not node.obj_id or c_target.encode("ascii", "replace") == node.obj_id):
+                break
+            self._stale(node)
         if c_target.startswith(fmt.LONGNAME_PREFIX):
             parent_rel = self._rel(link.parent)
             c_target = backing.read_small_file(self.root_fd, join(parent_rel, c_target + fmt.LONGLINK_SUFFIX)).decode("ascii")
@@ -559,7 +659,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.file is not None:
             return self._attr(os.fstat(node.file.fd), node)
-        return self._attr(self._lstat(self._rel(node)), node)
+        return self._attr(self._locate(node, dir_by_ino=True)[1], node)
 
     @_fuse
     async def setattr(
@@ -568,7 +668,7 @@ class Operations(pyfuse3.Operations):
         self._writable()
         node = self._node(inode)
         # An open (possibly unlinked) file is changed through its descriptor.
-        target: int | str = node.file.fd if node.file is not None else self._rel(node)
+        target: int | str = node.file.fd if node.file is not None else self._locate(node, dir_by_ino=True)[0]
         at = {} if isinstance(target, int) else {"dir_fd": self.root_fd}
         nofollow = {} if isinstance(target, int) else {"follow_symlinks": False}
         if fields.update_size:
@@ -600,7 +700,12 @@ class Operations(pyfuse3.Operations):
         self._emit("setattr", ctx, lambda: self._plain_path(node), node, detail={"changed": ",".join(changed) or "none"})
         if node.file is not None:
             return self._attr(os.fstat(node.file.fd), node)
-        return self._attr(self._lstat(target if isinstance(target, str) else self._rel(node)), node)
+        rel = target if isinstance(target, str) else self._rel(node)
+        st = self._lstat(rel)
+        if not node.obj_id and node.fmt != stat.S_IFDIR:  # the ctime we just changed cannot stand for it
+            node.obj_id = read_obj_id(self.root_fd, rel, node.fmt)
+        self.inodes.confirmed(node, st)
+        return self._attr(st, node)
 
     @_fuse
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -627,7 +732,7 @@ class Operations(pyfuse3.Operations):
     def _new_file(self, parent: Node, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> tuple[Node, pyfuse3.EntryAttributes]:
         """Create a regular file with its header; the node holds it open (refs 0)."""
         c_name, b_name = self._name(parent, name)
-        parent_rel = self._rel(parent)
+        parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
         self._write_longname(parent_rel, c_name, b_name)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -640,7 +745,7 @@ class Operations(pyfuse3.Operations):
             header, dek = new_header(fmt.KIND_FILE, self._keys(parent))
             os.write(fd, header.pack())
             self._chown_new(rel, parent, ctx)
-            node, attr = self._entry(parent, name, c_name, b_name)
+            node, attr = self._entry(parent, name, c_name, b_name, obj_id=header.obj_id)
         except BaseException:
             os.close(fd)
             backing.unlink_quiet(self.root_fd, rel)
@@ -682,7 +787,7 @@ class Operations(pyfuse3.Operations):
             self._emit("create", ctx, lambda: self._plain_path(node), node)
             return attr
         c_name, b_name = self._name(parent, name)
-        parent_rel = self._rel(parent)
+        parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
         self._write_longname(parent_rel, c_name, b_name)
         try:
@@ -700,7 +805,7 @@ class Operations(pyfuse3.Operations):
         self._writable()
         parent = self._node(parent_inode)
         c_name, b_name = self._name(parent, name)
-        parent_rel = self._rel(parent)
+        parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
         self._write_longname(parent_rel, c_name, b_name)
         try:
@@ -717,7 +822,7 @@ class Operations(pyfuse3.Operations):
             os.rmdir(rel, dir_fd=self.root_fd)
             self._drop_longname(parent_rel, c_name, b_name)
             raise
-        node, attr = self._entry(parent, name, c_name, b_name, parent_rel=parent_rel)
+        node, attr = self._entry(parent, name, c_name, b_name, parent_rel=parent_rel, obj_id=keys.dir_id)
         node.keys = keys
         self._emit("mkdir", ctx, lambda: self._plain_path(node), node)
         return attr
@@ -729,7 +834,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         parent = self._node(parent_inode)
         c_name, b_name = self._name(parent, name)
-        parent_rel = self._rel(parent)
+        parent_rel = self._dir_rel(parent)
         self._write_longname(parent_rel, c_name, b_name)
         try:
             self._make_symlink(parent, b_name, target)
@@ -750,8 +855,8 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EPERM)
         c_name, b_name = self._name(new_parent, new_name)
-        src_rel = self._rel(node)
-        parent_rel = self._rel(new_parent)
+        src_rel = self._locate(node)[0]
+        parent_rel = self._dir_rel(new_parent)
         dst_rel = join(parent_rel, b_name)
         if self._exists(dst_rel):
             raise pyfuse3.FUSEError(errno.EEXIST)
@@ -768,7 +873,7 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             self._drop_longname(parent_rel, c_name, b_name)
             raise
-        new_node, attr = self._entry(new_parent, new_name, c_name, b_name)
+        new_node, attr = self._entry(new_parent, new_name, c_name, b_name, obj_id=node.obj_id if node.fmt == stat.S_IFREG else b"")
         self._emit("link", ctx, lambda: self._plain_path(node), new_node, path2=lambda: self._child_path(new_parent, new_name))
         return attr
 
@@ -779,7 +884,7 @@ class Operations(pyfuse3.Operations):
         self._writable()
         parent = self._node(parent_inode)
         c_name, b_name = self._name(parent, name)
-        parent_rel = self._rel(parent)
+        parent_rel = self._rel(parent)  # the name, encrypted under its key, is the check
         rel = join(parent_rel, b_name)
         st = self._lstat(rel)
         if stat.S_ISDIR(st.st_mode):
@@ -787,7 +892,7 @@ class Operations(pyfuse3.Operations):
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             self._drop_file_slot(rel, parent, other_link_check=True)
         self._drop_longlink(rel, parent_rel, st)
-        node = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
+        node = self._node_at(rel, st)
         # The last link of a regular file goes into the versions area instead (fs/versions.py).
         if not (self.versions is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and self.versions.keep_unlinked(
                 rel, st, self._keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
@@ -822,7 +927,7 @@ class Operations(pyfuse3.Operations):
         self._writable()
         parent = self._node(parent_inode)
         c_name, b_name = self._name(parent, name)
-        parent_rel = self._rel(parent)
+        parent_rel = self._rel(parent)  # the name, encrypted under its key, is the check
         rel = join(parent_rel, b_name)
         st = self._lstat(rel)
         if not stat.S_ISDIR(st.st_mode):
@@ -834,7 +939,7 @@ class Operations(pyfuse3.Operations):
             self._restore_dir_header(rel, saved)
             raise
         self._drop_longname(parent_rel, c_name, b_name)
-        node = self.inodes.get(self.inodes.fuse_ino(st.st_ino))
+        node = self._node_at(rel, st, dir_by_ino=True)
         self._emit("rmdir", ctx, lambda: self._child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
@@ -847,12 +952,10 @@ class Operations(pyfuse3.Operations):
         that removes the old parent's slot once the object has moved to its new path."""
         file_fmt = stat.S_IFMT(st.st_mode)
         if file_fmt == stat.S_IFREG:
-            tmp = node or self.inodes.remember(st, Link(old_parent, b"", "", os.path.basename(rel)), count=False)
+            tmp = node or Node(self.inodes.fuse_ino(st.st_ino), file_fmt)  # not in the table: a placeholder
             if tmp.link_in(old_parent) is None:
                 tmp.add_link(Link(old_parent, b"", "", os.path.basename(rel)))
             self._add_file_slot(tmp, rel, new_parent)
-            if node is None:
-                self.inodes.maybe_drop(tmp)  # a placeholder link must not outlive this rename
             multi = st.st_nlink > 1
             return lambda new_rel: self._drop_file_slot(new_rel, old_parent, other_link_check=multi)
         if file_fmt == stat.S_IFDIR:
@@ -879,7 +982,7 @@ class Operations(pyfuse3.Operations):
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
         c_old, b_old = self._name(old_parent, name_old)
         c_new, b_new = self._name(new_parent, name_new)
-        old_parent_rel, new_parent_rel = self._rel(old_parent), self._rel(new_parent)
+        old_parent_rel, new_parent_rel = self._rel(old_parent), self._dir_rel(new_parent)
         rel_old, rel_new = join(old_parent_rel, b_old), join(new_parent_rel, b_new)
         exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
         st_src = self._lstat(rel_old)
@@ -893,8 +996,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if st_dst is not None and st_dst.st_ino == st_src.st_ino and st_dst.st_dev == st_src.st_dev:
             return  # same object (hard links or the very same name): POSIX says do nothing
-        src = self.inodes.get(self.inodes.fuse_ino(st_src.st_ino))
-        dst = self.inodes.get(self.inodes.fuse_ino(st_dst.st_ino)) if st_dst is not None else None
+        src = self._node_at(rel_old, st_src)
+        dst = self._node_at(rel_new, st_dst) if st_dst is not None else None
         cross = old_parent is not new_parent
         saved_header = b""
         if st_dst is not None and not exchange:
@@ -989,12 +1092,10 @@ class Operations(pyfuse3.Operations):
         st_dst: os.stat_result | None, flags: int,
     ) -> None:
         """A symlink's target is encrypted under its directory key: re-create it."""
-        tmp_node = src or self.inodes.remember(st_src, Link(old_parent, b"", c_old, b_old), count=False)
+        tmp_node = src or Node(self.inodes.fuse_ino(st_src.st_ino), stat.S_IFLNK)  # not in the table: a placeholder
         if tmp_node.link_in(old_parent) is None:
             tmp_node.add_link(Link(old_parent, b"", c_old, b_old))
         target = self._readlink(tmp_node)
-        if src is None:
-            self.inodes.maybe_drop(tmp_node)  # a placeholder link must not outlive this rename
         new_parent_rel = self._rel(new_parent)
         tmp_b = ".umbrafs.tmp." + os.urandom(8).hex()
         self._make_symlink(new_parent, tmp_b, target)
@@ -1152,7 +1253,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
         keys = self._keys(node)
-        rel = self._rel(node)
+        rel = self._dir_rel(node)
         names = [entry.name for entry in self._listdir(rel)]
         entries: list[tuple[bytes, str, str]] = []
         for b_name in names:
@@ -1177,12 +1278,13 @@ class Operations(pyfuse3.Operations):
         rel = self._rel(node)
         for index in range(start_id, len(handle.entries)):
             p_name, c_name, b_name = handle.entries[index]
+            child_rel = join(rel, b_name)
             try:
-                st = self._lstat(join(rel, b_name))
+                st = self._lstat(child_rel)
             except FileNotFoundError:
                 continue  # removed since opendir
             # Remember first: the reply must carry the generation remember() settles on.
-            child = self.inodes.remember(st, Link(node, p_name, c_name, b_name), count=False)
+            child = self.inodes.remember(st, Link(node, p_name, c_name, b_name), False, self._identity(child_rel, stat.S_IFMT(st.st_mode)))
             if not pyfuse3.readdir_reply(token, p_name, self._attr(st, child), index + 1):
                 self.inodes.maybe_drop(child)
                 break
@@ -1221,7 +1323,7 @@ class Operations(pyfuse3.Operations):
         return node.xattr  # type: ignore[return-value]
 
     def _xattr_target(self, node: Node) -> int | str:
-        return node.file.fd if node.file is not None else f"/proc/self/fd/{self.root_fd}/{self._rel(node)}"
+        return node.file.fd if node.file is not None else f"/proc/self/fd/{self.root_fd}/{self._locate(node)[0]}"
 
     def _xattr_call(self, func: Callable[..., Any], node: Node, *args: Any) -> Any:
         target = self._xattr_target(node)
