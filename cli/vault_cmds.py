@@ -62,6 +62,10 @@ def init(vault: Path, passphrase_file: Path | None, kdf_memory_kib: int, kdf_ite
 @click.option("--keep-versions", "keep_versions", metavar="SIZE,AGE", default="2G,7d", show_default=True,
               help="Keep the old content of deleted, overwritten or truncated files for `umbrafs restore`, up to SIZE "
               "and AGE (docs/versions.md); 'off' keeps none.")
+@click.option("--cache-timeout", type=click.FloatRange(0, 3600), default=1.0, show_default=True, metavar="SECONDS",
+              help="How long the kernel may trust names and attributes before asking again. Changes that another "
+              "writer (a sync tool, another device) makes in the vault show after at most this long; 0 shows them "
+              "at once at the cost of more requests.")
 @passphrase_file_option
 @click.option("--passphrase-fd", type=int, help="Read the passphrase from this file descriptor until EOF.")
 @click.option(
@@ -78,6 +82,7 @@ def mount(
     state: State, vault: Path, mountpoint: Path, foreground: bool, read_only: bool, allow_other: bool,
     passphrase_file: Path | None, passphrase_fd: int | None, audit: str, share_id: str | None,
     identity_name: str | None, ready_fd: int | None, no_xattr: bool = False, keep_versions: str = "2G,7d",
+    cache_timeout: float = 1.0,
 ) -> None:
     """Mount VAULT on MOUNTPOINT; returns once the mount is ready."""
     vault, mountpoint = vault.absolute(), mountpoint.absolute()
@@ -99,19 +104,20 @@ def mount(
         raise click.UsageError("--identity goes with --share")
     if foreground or ready_fd is not None:
         _mount_here(state, vault, mountpoint, read_only, allow_other, audit, passphrase_file, passphrase_fd, ready_fd,
-                    xattr=not no_xattr, versions=versions)
+                    xattr=not no_xattr, versions=versions, cache_timeout=cache_timeout)
         return
     vault_mod.read_config(vault)
     check_fuse()
     check_mountpoint(mountpoint)
     secret = passphrase.read_fd(passphrase_fd) if passphrase_fd is not None else passphrase.get(passphrase_file)
-    _spawn_mount(state, vault, mountpoint, read_only, allow_other, audit, secret, xattr=not no_xattr, keep_versions=keep_versions)
+    _spawn_mount(state, vault, mountpoint, read_only, allow_other, audit, secret, xattr=not no_xattr, keep_versions=keep_versions,
+                 cache_timeout=cache_timeout)
 
 
 def _mount_here(
     state: State, vault: Path, mountpoint: Path, read_only: bool, allow_other: bool, audit_mode: str,
     passphrase_file: Path | None, passphrase_fd: int | None, ready_fd: int | None, xattr: bool = True,
-    versions: versions_mod.Limits | None = versions_mod.DEFAULT_LIMITS,
+    versions: versions_mod.Limits | None = versions_mod.DEFAULT_LIMITS, cache_timeout: float = 1.0,
 ) -> None:
     try:
         config = vault_mod.read_config(vault)
@@ -141,7 +147,7 @@ def _mount_here(
             serve(
                 control.vault, mountpoint, read_only=read_only, allow_other=allow_other, events=sink,  # type: ignore[arg-type]
                 ready=lambda: detach.report(ready_fd, "ok"), xattr=xattr, control=control,
-                versions=versions,
+                versions=versions, cache_timeout=cache_timeout,
             )
         finally:
             state.unregister_mount(mountpoint)
@@ -154,8 +160,9 @@ def _mount_here(
 
 
 def _spawn_mount(state: State, vault: Path, mountpoint: Path, read_only: bool, allow_other: bool, audit_mode: str, secret: bytes,
-                 xattr: bool = True, keep_versions: str = "2G,7d") -> None:
-    args = ["--home", str(state.home), "mount", str(vault), str(mountpoint), "--audit", audit_mode, "--keep-versions", keep_versions]
+                 xattr: bool = True, keep_versions: str = "2G,7d", cache_timeout: float = 1.0) -> None:
+    args = ["--home", str(state.home), "mount", str(vault), str(mountpoint), "--audit", audit_mode, "--keep-versions", keep_versions,
+            "--cache-timeout", repr(cache_timeout)]
     if not xattr:
         args.append("--no-xattr")
     if read_only:
@@ -206,17 +213,21 @@ def passwd(vault: Path, passphrase_file: Path | None, new_passphrase_file: Path 
 def fsck(vault: Path, passphrase_file: Path | None) -> None:
     """Decrypt every header, name and block of VAULT offline and report damage.
 
-    Exit code 0: no damage; 16: damage found (listed on stdout).
+    Exit code 0: no damage; 16: damage found (listed on stdout). Copies (two objects
+    with one id, e.g. a sync tool's) are listed too but are not damage.
     """
     vault_mod.read_config(vault)
     unlocked = vault_mod.unlock(vault, passphrase.get(passphrase_file))
     report = fsck_mod.check(unlocked)
     for problem in report.problems:
         click.echo(f"DAMAGED {problem.plain_path} (backing {problem.backing_path}): {problem.message}")
+    for copy in report.copies:
+        click.echo(f"COPY {copy.plain_path} (backing {copy.backing_path}): {copy.message}")
     click.echo(
         f"checked {report.dirs} directories, {report.files} files ({report.plain_bytes} bytes), "
         f"{report.symlinks} symlinks, {report.others} other: "
         + ("no damage" if report.ok else f"{len(report.problems)} problem(s)")
+        + (f", {len(report.copies)} copies" if report.copies else "")
     )
     if not report.ok:
         sys.exit(exitcodes.DAMAGE)

@@ -242,6 +242,7 @@ def serve(
     xattr: bool = True,
     versions: Limits | None = DEFAULT_LIMITS,
     control: control_mod.ControlSpec | None = None,
+    cache_timeout: float = 1.0,
 ) -> None:
     """Mount *vault* on *mountpoint* and serve until unmounted or signalled.
 
@@ -260,10 +261,11 @@ def serve(
         read_only = True
         ops = SingleFileOperations(str(vault_path), *single_file, events=events)
     elif root is not None:
-        ops = Operations(str(vault_path), None, read_only=read_only, events=events, root=root)
+        ops = Operations(str(vault_path), None, read_only=read_only, events=events, root=root, timeout=cache_timeout)
     else:
         assert isinstance(vault, UnlockedVault)
-        ops = Operations(str(vault.path), vault.root_wrap_key, read_only=read_only, events=events, versions=versions)
+        ops = Operations(str(vault.path), vault.root_wrap_key, read_only=read_only, events=events, versions=versions,
+                         timeout=cache_timeout)
     # Keys live on only in ops and *control* (dropped at lock), not in this frame.
     vault, root, single_file = vault_path, None, None
     ops.enable_xattr = xattr

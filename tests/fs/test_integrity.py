@@ -183,7 +183,7 @@ def test_block_copied_from_another_file(mounted: Mount) -> None:
     assert other_path.read_bytes() == other_data
     assert_logged(mounted, rel(mounted, backing), "block 1")
     out = assert_fsck_reports(mounted, "/victim", rel(mounted, backing))
-    assert "/other" not in out
+    assert "DAMAGED /other" not in out and "block 1 is block 1 of /other" in out, out  # the source is named, not blamed
 
 
 def test_truncated_mid_block(mounted: Mount) -> None:
