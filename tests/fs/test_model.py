@@ -345,10 +345,10 @@ class FsModel(RuleBasedStateMachine):
         assert sorted(os.listdir(self.shared.mount_root)) == ["last"]
 
 
-def _run(shared: Shared, max_examples: int, steps: int) -> None:
+def _run(shared: Shared, max_examples: int, steps: int, machine: type[FsModel] = FsModel) -> None:
     FsModel.shared = shared
     run_state_machine_as_test(
-        FsModel,
+        machine,
         settings=settings(
             max_examples=max_examples,
             stateful_step_count=steps,
