@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PYTHON  ?= python3
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # fuse3/libfuse3-dev/pkg-config build and run pyfuse3; the rest are the tools the tests drive.
-APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync git vim-nox sqlite3 util-linux
+APT_PKGS := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync git vim-nox sqlite3 util-linux syncthing
 BENCH_PKGS := gocryptfs cryfs fio
 
 .PHONY: deps venv demo test test-all bench clean
