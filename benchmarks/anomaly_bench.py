@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from daemon.detector import Detector  # noqa: E402
-from daemon.model import Settings  # noqa: E402
+from daemon.anomaly.detector import Detector  # noqa: E402
+from daemon.anomaly.model import Settings  # noqa: E402
 from ledger.events import Event  # noqa: E402
 
 S = 10**9

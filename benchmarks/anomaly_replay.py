@@ -26,11 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon.detector import GRACE_NS, Detector  # noqa: E402
-from daemon.model import Settings, fit_all  # noqa: E402
+from daemon.anomaly.detector import GRACE_NS, Detector  # noqa: E402
+from daemon.anomaly.model import Settings, fit_all  # noqa: E402
 from daemon.paths import ledger_path  # noqa: E402
 from daemon.respond import Decision  # noqa: E402
-from daemon.rules import Limits  # noqa: E402
+from daemon.anomaly.rules import Limits  # noqa: E402
 from ledger import read  # noqa: E402
 
 BATCH = 64  # events per observe() call, as the daemon stores them in small batches

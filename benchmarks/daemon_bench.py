@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from daemon.paths import ledger_path, running_pid  # noqa: E402
-from fs.audit import AuditSink  # noqa: E402
-from proxy import identity  # noqa: E402
+from wire.sink import AuditSink  # noqa: E402
+from proxy import keyring as identity  # noqa: E402
 
 TARGET_RATE = 20_000
 PASSPHRASE = "bench passphrase"

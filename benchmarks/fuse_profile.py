@@ -6,7 +6,7 @@ prints the wall time, the number of requests per handler, the time spent
 inside each handler, and what is left over (kernel, libfuse, pyfuse3, trio).
 
 The mount runs in a child process (``fs.mount.serve`` with a subclass of
-``fs.operations.Operations`` that wraps every handler), remounted between
+``fs.mount.operations.Operations`` that wraps every handler), remounted between
 workloads like fs_bench.py does; each child writes its counters to a JSON
 file when it unmounts.  Usage::
 
@@ -92,8 +92,8 @@ def _option_value(text: str) -> Any:
 
 
 def child_main(vault: Path, mnt: Path, out: Path, plain: bool, options: list[str]) -> None:
-    import fs.mount as mount_mod
-    from fs import vault as vault_mod
+    import fs.mount.serve as mount_mod
+    from fs.vault import config as vault_mod
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     stats: dict[str, list[float]] = {}
@@ -197,8 +197,8 @@ def report(name: str, wall: float, stats: dict[str, list[float]], cpu: dict[str,
 
 
 def run(args: argparse.Namespace) -> int:
-    from fs import vault as vault_mod
-    from fs.vault import KdfParams
+    from fs.vault import config as vault_mod
+    from fs.vault.config import KdfParams
 
     workdir = Path(tempfile.mkdtemp(prefix="fuse_profile.", dir=args.workdir))
     vault, mnt = workdir / "vault", workdir / "mnt"

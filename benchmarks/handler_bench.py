@@ -2,7 +2,7 @@
 """CPU cost of umbrafs's FUSE handlers, called directly (no kernel, no mount).
 
 A FUSE round trip through pyfuse3 costs ~25-50 us here, so a handler's own
-cost matters in proportion.  This calls ``fs.operations.Operations`` methods
+cost matters in proportion.  This calls ``fs.mount.operations.Operations`` methods
 the way pyfuse3 would, on a real vault in a scratch directory, and prints the
 median and minimum microseconds per call over several batches::
 
@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import pyfuse3  # noqa: E402
 import trio  # noqa: E402
 
-from fs import vault as vault_mod  # noqa: E402
-from fs.operations import Operations  # noqa: E402
-from fs.vault import KdfParams  # noqa: E402
+from fs.vault import config as vault_mod  # noqa: E402
+from fs.mount.operations import Operations  # noqa: E402
+from fs.vault.config import KdfParams  # noqa: E402
 
 CTX = pyfuse3.RequestContext()
 

@@ -490,7 +490,7 @@ def _quick_loop(plain: bool) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     try:
-        from fs.mount import quick_pyfuse3_trio
+        from fs.mount.serve import quick_pyfuse3_trio
     except ImportError as exc:  # run outside the repository
         log.warning("umbrafs's fs.mount not importable (%s): stock pyfuse3 loop", exc)
         return contextlib.nullcontext()

@@ -1,7 +1,7 @@
 """How fast `revoke --rotate` re-encrypts: offline on the backing dir, and inside a live mount.
 
 Builds a vault through a real mount (many 4 KiB files and some 64 MiB files, ~1 GiB by default),
-then rotates the whole tree three times offline (fs.rotate.run_offline) and three times through
+then rotates the whole tree three times offline (fs.vault.rotate.engine.run_offline) and three times through
 the mount's control socket (the path `revoke --rotate` takes while the vault is mounted), and
 prints the median MB/s (plaintext bytes re-encrypted per second, wall time of the whole rotation:
 walk, keys, names, redo records and fdatasyncs included) and, on a tree of small files only,
@@ -29,8 +29,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from fs import keywalk, rotate  # noqa: E402
-from fs import vault as vault_mod  # noqa: E402
+from fs.vault import keywalk
+from fs.vault.rotate import engine as rotate  # noqa: E402
+from fs.vault import config as vault_mod  # noqa: E402
 
 PASSPHRASE = "rotate bench"
 FAST_KDF = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1", "--kdf-lanes", "1"]
@@ -103,7 +104,7 @@ def _offline(vault: Path, plain: str, durable: bool = False) -> tuple[float, flo
 
 
 def _mounted(home: Path, vault: Path, passfile: Path, plain: str, runs: int) -> list[tuple[float, float]]:
-    from daemon.mounts import list_mounts, request
+    from wire.mountsock import list_mounts, request
 
     mnt = vault.parent / "mnt"
     _cli(home, "mount", vault, mnt, "--passphrase-file", passfile, "--audit", "off")

@@ -46,10 +46,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from fs import keywalk  # noqa: E402
-from fs import vault as vault_mod  # noqa: E402
+from fs.vault import keywalk  # noqa: E402
+from fs.vault import config as vault_mod  # noqa: E402
 from proxy import api, auth, client  # noqa: E402
-from proxy import identity as identity_mod  # noqa: E402
+from proxy import keyring as identity_mod  # noqa: E402
 from proxy import shares as shares_mod  # noqa: E402
 from proxy.envelope import seal  # noqa: E402
 

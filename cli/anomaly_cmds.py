@@ -17,9 +17,9 @@ import click
 
 from daemon.paths import ledger_path
 
-from . import passphrase
-from .audit_cmds import parse_since
-from .state import State
+from cli import passphrase
+from cli.audit_cmds import parse_since
+from cli.state import State
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def ack(state: State, anomaly_id: str) -> None:
     if rows[0]["acked"]:
         click.echo(f"{anomaly_id} was already acknowledged")
         return
-    from fs.audit import AuditSink
+    from wire.sink import AuditSink
 
     sink = AuditSink(state.home, rows[0]["vault"])
     try:
@@ -110,7 +110,7 @@ def policy() -> None:
 
 
 def _vault(state: State, where: Path) -> Path:
-    from .share_cmds import _vault_of
+    from cli.share_cmds import _vault_of
 
     return _vault_of(state, where)
 
@@ -128,14 +128,14 @@ def _vault(state: State, where: Path) -> Path:
 def set_(state: State, where: Path, action: str, threshold: float, passphrase_file: Path | None) -> None:
     """Set the vault's response policy (signed with the vault's owner key, so only its owner can)."""
     from daemon import policy as policy_mod
-    from fs import vault as vault_mod
+    from fs.vault import config as vault_mod
 
     vault = _vault(state, where)
     unlocked = vault_mod.unlock(vault, passphrase.get(passphrase_file, prompt="Vault passphrase"))
     data = policy_mod.make(vault, unlocked.owner_key, action, int(round(threshold * 1000)))
     policy_mod.write(vault, data)
     with contextlib.suppress(Exception):  # best effort: the policy is in force whether or not this is recorded
-        from fs.audit import AuditSink
+        from wire.sink import AuditSink
 
         sink = AuditSink(state.home, unlocked.vault_id)
         try:

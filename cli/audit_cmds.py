@@ -16,15 +16,15 @@ from pathlib import Path
 
 import click
 
-from daemon import client
-from daemon.errors import DaemonError
+from wire import daemonclient as client
+from wire.errors import DaemonError
 from daemon.paths import anchor_path, ledger_path, saved_vault_anchors
 from ledger.errors import LedgerError
 from ledger.events import OPS
 
-from . import exitcodes
-from .identities import identity_option, signing_public_key
-from .state import State
+from cli import exitcodes
+from cli.identities import identity_option, signing_public_key
+from cli.state import State
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from daemon import client
+from wire import daemonclient as client
 from daemon.paths import running_pid
-from daemon.errors import DaemonError, DaemonUnavailable
+from wire.errors import DaemonError, DaemonUnavailable
 
-from . import detach, exitcodes, passphrase
-from .identities import identity_option, resolve_identity, unlock_identity
-from .identity_cmds import _kdf, kdf_options
-from .state import State
+from cli import detach, exitcodes, passphrase
+from cli.identities import identity_option, resolve_identity, unlock_identity
+from cli.identity_cmds import _kdf, kdf_options
+from cli.state import State
 
 
 @click.group()
@@ -117,7 +117,7 @@ def credential(state: State, identity: str | None, passphrase_file: Path | None,
                kdf_iterations: int, kdf_lanes: int) -> None:
     """Make the daemon's guard key (for `revoke` responses); prints the public file an admin registers with
     `umbrafs proxy register URL FILE --role guard --scope RECIPIENT`."""
-    from proxy import identity as identity_mod
+    from proxy import keyring as identity_mod
     from daemon.respond import guard_home, guard_name
 
     state.ensure()

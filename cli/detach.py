@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from daemon.paths import pid_alive
+from wire.procfs import pid_alive
 
 _SECRET_ENV = ("UMBRAFS_PASSPHRASE", "UMBRAFS_NEW_PASSPHRASE")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from fs.errors import (
-    AuditUnavailable,
     FuseUnavailable,
     IntegrityError,
     MountpointError,
@@ -12,8 +11,8 @@ from fs.errors import (
     VaultExists,
     WrongPassphrase,
 )
-from fs.rotate import RotationError
-from daemon.errors import DaemonError, DaemonUnavailable
+from fs.vault.rotate.engine import RotationError
+from wire.errors import AuditUnavailable, DaemonUnavailable, WireError
 from daemon.policy import PolicyError
 from ledger.errors import LedgerError, LedgerTampered
 from proxy import errors as proxy_errors
@@ -68,7 +67,7 @@ _BY_CLASS: list[tuple[type[Exception], int]] = [
 
 
 # What the CLI reports as one line with a code from the table; anything else is a bug (traceback).
-PROJECT_ERRORS = (UmbrafsError, DaemonError, LedgerError, proxy_errors.ProxyError)
+PROJECT_ERRORS = (UmbrafsError, WireError, LedgerError, proxy_errors.ProxyError)
 
 
 def for_error(exc: Exception) -> int:

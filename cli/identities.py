@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import click
 
-from .state import State
+from cli.state import State
 
 identity_option: Callable[[Any], Any] = click.option(
     "--identity", "identity", metavar="NAME", default=None,
@@ -17,7 +17,7 @@ def resolve_identity(state: State, name: str | None) -> str:
     """NAME, or the only identity there is; a clear error otherwise."""
     if name:
         return name
-    from proxy import identity as identity_mod
+    from proxy import keyring as identity_mod
 
     names = [public.name for public in identity_mod.list_identities(state.home)]
     if len(names) == 1:
@@ -28,13 +28,13 @@ def resolve_identity(state: State, name: str | None) -> str:
 
 
 def unlock_identity(state: State, name: str, secret: bytes) -> Any:
-    from proxy import identity as identity_mod
+    from proxy import keyring as identity_mod
 
     return identity_mod.unlock(state.home, name, secret)
 
 
 def signing_public_key(state: State, name: str | None) -> Any:
     """The Ed25519 public key that signs NAME's ledger checkpoints (no passphrase needed)."""
-    from proxy import identity as identity_mod
+    from proxy import keyring as identity_mod
 
     return identity_mod.load_own_public(state.home, resolve_identity(state, name)).ed25519_public_key()

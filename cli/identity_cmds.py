@@ -13,11 +13,11 @@ from typing import Any
 
 import click
 
-from proxy import identity as identity_mod
+from proxy import keyring as identity_mod
 from proxy.errors import IdentityError, ProxyError
 
-from . import exitcodes, passphrase
-from .state import State
+from cli import exitcodes, passphrase
+from cli.state import State
 
 IDENTITY_ENV = "UMBRAFS_IDENTITY_PASSPHRASE"
 

@@ -14,14 +14,14 @@ from typing import Any
 
 import click
 
-from daemon.mounts import MountControlError, MountInfo, find_by_mountpoint, list_mounts, request
-from fs.control import ControlRequestError, Rekey, Unlocked
+from wire.mountsock import MountControlError, MountInfo, find_by_mountpoint, list_mounts, request
+from fs.mount.control.server import ControlRequestError, Rekey, Unlocked
 from fs.errors import MountpointError, UmbrafsError, WrongPassphrase
 from proxy import errors as proxy_errors
 
-from . import passphrase
-from .identity_cmds import identity_passphrase
-from .state import State
+from cli import passphrase
+from cli.identity_cmds import identity_passphrase
+from cli.state import State
 
 LOCK_TIMEOUT = 30.0  # a lock waits up to 2 s for dirty pages, then invalidates kernel caches
 UNLOCK_TIMEOUT = 120.0  # Argon2id, and for a share the proxies
@@ -99,14 +99,14 @@ def share_rekey(state: State, vault: Path, share_id: str, name: str, rel: str) -
     """How a locked share mount gets its key back: identity passphrase, then cfrags from the proxies."""
 
     def rekey(secret: bytes) -> Unlocked:
-        from fs import keywalk
-        from fs.headers import DirKeys
-        from fs.singlefile import SharedFile
-        from proxy import identity as identity_mod
+        from fs.vault import keywalk
+        from fs.vault.headers import DirKeys
+        from fs.mount.singlefile import SharedFile
+        from proxy import keyring as identity_mod
         from proxy import shares as shares_mod
         from proxy.client import open_capsule
 
-        from .share_cmds import _trusted_record
+        from cli.share_cmds import _trusted_record
 
         try:
             me_public = identity_mod.load_own_public(state.home, name)

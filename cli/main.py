@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 
-from . import exitcodes
-from .state import State, default_home
+from cli import exitcodes
+from cli.state import State, default_home
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,12 +29,12 @@ def umbrafs(ctx: click.Context, home: Path | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from . import audit_cmds, daemon_cmds, identity_cmds, lock_cmds, proxy_cmds, restore_cmds, share_cmds, vault_cmds
+    from cli import audit_cmds, daemon_cmds, identity_cmds, lock_cmds, proxy_cmds, restore_cmds, share_cmds, vault_cmds
 
     for module in (vault_cmds, daemon_cmds, audit_cmds, identity_cmds, proxy_cmds, share_cmds, lock_cmds, restore_cmds):
         for command in module.COMMANDS:
             umbrafs.add_command(command)
-    from . import anomaly_cmds  # anomalies, policy
+    from cli import anomaly_cmds  # anomalies, policy
 
     for command in anomaly_cmds.COMMANDS:
         umbrafs.add_command(command)

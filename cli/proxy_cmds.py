@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from proxy import identity as identity_mod
+from proxy import keyring as identity_mod
 from proxy.errors import IdentityError
 
-from . import exitcodes
-from .identities import resolve_identity
-from .identity_cmds import SharingGroup, passphrase_file_option, unlock
-from .state import State
+from cli import exitcodes
+from cli.identities import resolve_identity
+from cli.identity_cmds import SharingGroup, passphrase_file_option, unlock
+from cli.state import State
 
 DEFAULT_PORT = 8700
 
@@ -43,7 +43,7 @@ def proxy() -> None:
 def serve(state: State, host: str, port: int, db: Path | None, admins: tuple[Path, ...], pidfile: Path | None,
           window: int, workers: int) -> None:
     """Run a proxy until SIGTERM or Ctrl-C; prints its URL once it accepts connections."""
-    from proxy import server  # aiohttp is only needed here
+    from proxy.service import server  # aiohttp is only needed here
 
     publics = []
     for path in admins:
@@ -172,7 +172,7 @@ def revoke(state: State, grant_id: str, proxies: tuple[str, ...], threshold: int
 @click.pass_obj
 def verify_log(state: State, db: Path | None, port: int) -> None:
     """Check the proxy's hash-chained record of register, grant, re-encrypt and revoke."""
-    from proxy.store import verify_records
+    from proxy.service.store import verify_records
 
     report = verify_records(db or default_db(state, port))
     click.echo(f"record intact: {report.rows} rows, head {report.head.hex()}")

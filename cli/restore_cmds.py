@@ -13,19 +13,19 @@ from pathlib import Path
 
 import click
 
-from daemon import clock
-from daemon.mounts import MountControlError, MountInfo, list_mounts, request
-from fs import control_restore
-from fs import restore as restore_mod
-from fs import vault as vault_mod
-from fs import versions as versions_mod
+from wire import clock
+from wire.mountsock import MountControlError, MountInfo, list_mounts, request
+from fs.mount.control import restore as control_restore
+from fs.vault import restore as restore_mod
+from fs.vault import config as vault_mod
+from fs.vault import versions as versions_mod
 from fs.errors import MountpointError, NotAVault
-from fs.mount import mounted_paths
+from wire.procfs import mounted_paths
 
-from . import detach, exitcodes, passphrase
-from .audit_cmds import parse_since, parse_user
-from .state import State
-from .vault_cmds import _spawn_mount, passphrase_file_option
+from cli import detach, exitcodes, passphrase
+from cli.audit_cmds import parse_since, parse_user
+from cli.state import State
+from cli.vault_cmds import _spawn_mount, passphrase_file_option
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -80,7 +80,7 @@ def _prepare_mount(info: MountInfo, secret: bytes, unlock: bool) -> None:
 
 def _tag_restore(info: MountInfo | None, root_wrap_key: bytes, begin: bool) -> None:
     """Have the mount tag this process's events as a restore, so the detector does not take the
-    undoing for another attack (fs/control_restore.py); the proof needs the vault key."""
+    undoing for another attack (fs/mount/control/restore.py); the proof needs the vault key."""
     if info is None or not info.source:
         return
     message: dict[str, str] = {"type": "restore-end"}

@@ -1,4 +1,4 @@
-"""`revoke --rotate` / `revoke --resume`: run fs/rotate.py in the owner's live mount, or offline.
+"""`revoke --rotate` / `revoke --resume`: run fs/vault/rotate/engine.py in the owner's live mount, or offline.
 
 While the vault is mounted by its owner the rotation must run inside that mount (it caches keys
 and open files): the CLI sends the mount a "rotate" control request and shows its progress.
@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from fs import rotate
-from fs import vault as vault_mod
+from fs.vault.rotate import engine as rotate
+from fs.vault import config as vault_mod
 
-from . import passphrase
-from .state import State
+from cli import passphrase
+from cli.state import State
 
 POLL = 0.2
 
@@ -53,7 +53,7 @@ class _Bar:
 
 def _owner_mount(state: State, vault: Path) -> Any:
     """The live owner mount of *vault* in this state directory, or None."""
-    from daemon.mounts import list_mounts
+    from wire.mountsock import list_mounts
 
     real = os.path.realpath(vault)
     for info in list_mounts(state.home):
@@ -78,7 +78,7 @@ def run(state: State, vault: Path, target: rotate.TargetSpec | None, unlocked: v
             unlocked = vault_mod.unlock(vault, passphrase.get(passphrase_file, prompt="Vault passphrase"))
         out = _offline(vault, target, unlocked, reason, quiet, durable)
     if out.get("state") == "done" and (target is not None or out["files_done"] or out["dirs_done"]):
-        from .share_cmds import _key_event
+        from cli.share_cmds import _key_event
 
         _key_event(state, vault_mod.vault_id(vault_mod.read_config(vault)), "reencrypt", path or out["target"], {
             "dirs": out["dirs_done"], "files": out["files_done"], "bytes": out["bytes_done"],
@@ -87,7 +87,7 @@ def run(state: State, vault: Path, target: rotate.TargetSpec | None, unlocked: v
 
 
 def _in_mount(info: Any, target: rotate.TargetSpec | None, reason: str, quiet: bool, durable: bool) -> dict[str, Any]:
-    from daemon.mounts import MountControlError, request
+    from wire.mountsock import MountControlError, request
 
     message: dict[str, Any] = {"type": "rotate", "reason": reason, "durable": durable}
     if target is not None:
@@ -118,7 +118,7 @@ def _in_mount(info: Any, target: rotate.TargetSpec | None, reason: str, quiet: b
 
 
 def _wait(info: Any, bar: _Bar) -> dict[str, Any]:
-    from daemon.mounts import request
+    from wire.mountsock import request
 
     while True:
         status = request(info, {"type": "rotate-status"}, timeout=30.0)
@@ -180,7 +180,7 @@ def other_shares(vault: Path, rel: str, owner_fp: str, skip: set[str]) -> list[A
 
 def resume(state: State, where: Path, passphrase_file: Path | None, as_json: bool, durable: bool = False) -> None:
     """`revoke --resume WHERE`: finish a rotation that was cut short (WHERE: vault, mountpoint, or inside)."""
-    from .share_cmds import _vault_of
+    from cli.share_cmds import _vault_of
 
     vault = _vault_of(state, where)
     vault_mod.read_config(vault)

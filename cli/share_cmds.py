@@ -1,6 +1,6 @@
 """`umbrafs share`, `shares`, `revoke`, and the recipient's `mount --share` (docs/sharing.md).
 
-The owner's key of a path comes from the vault offline (fs.keywalk), never through the
+The owner's key of a path comes from the vault offline (fs.vault.keywalk), never through the
 mount; the share record goes into the vault (proxy.shares) where the recipient finds it.
 """
 from __future__ import annotations
@@ -16,17 +16,18 @@ from typing import Any
 
 import click
 
-from fs import keywalk
-from fs import vault as vault_mod
-from fs.mount import check_fuse, check_mountpoint, mounted_paths
-from proxy import identity as identity_mod
+from fs.vault import keywalk
+from fs.vault import config as vault_mod
+from fs.mount.serve import check_fuse, check_mountpoint
+from wire.procfs import mounted_paths
+from proxy import keyring as identity_mod
 from proxy import shares as shares_mod
 from proxy.errors import AccessRevoked, GrantError, IdentityError, ShareError, ShareRecordInvalid
 
-from . import detach, exitcodes, passphrase
-from .identities import identity_option, resolve_identity
-from .identity_cmds import identity_passphrase, passphrase_file_option
-from .state import State
+from cli import detach, exitcodes, passphrase
+from cli.identities import identity_option, resolve_identity
+from cli.identity_cmds import identity_passphrase, passphrase_file_option
+from cli.state import State
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def _trusted_record(home: Path, vault: Path, share_id: str, me: identity_mod.Pub
 def _key_event(state: State, vault_id: str, op: str, path: str, detail: dict[str, str | int | bool]) -> None:
     """Best effort: record *op* in the audit trail and ask a running daemon for a checkpoint."""
     try:
-        from fs.audit import AuditSink
+        from wire.sink import AuditSink
 
         sink = AuditSink(state.home, vault_id)
         try:
@@ -173,8 +174,8 @@ def _key_event(state: State, vault_id: str, op: str, path: str, detail: dict[str
     except Exception as exc:  # the share or revocation itself has happened: never fail it here
         log.warning("audit: could not record the %s event: %s", op, exc)
         return
-    from daemon import client as daemon_client
-    from daemon.errors import DaemonError
+    from wire import daemonclient as daemon_client
+    from wire.errors import DaemonError
 
     with contextlib.suppress(DaemonError, OSError):
         daemon_client.request(state.home, {"type": "checkpoint"}, timeout=5.0)
@@ -363,7 +364,7 @@ def revoke(state: State, path: Path, recipient_name: str | None, rotate: bool, r
     """Revoke NAME's shares of PATH at every proxy; exit 31 while a revocation does not hold."""
     from proxy import client
 
-    from . import rotate_cmds
+    from cli import rotate_cmds
 
     if resume:
         rotate_cmds.resume(state, path, vault_passphrase_file or passphrase_file, as_json, durable)
@@ -415,7 +416,7 @@ def revoke(state: State, path: Path, recipient_name: str | None, rotate: bool, r
             click.echo(f"{inner}: already revoked from {recipient_name}")
     if rotate:
         # Even while a revocation does not hold: cfrags would open only the replaced key.
-        from fs.rotate import TargetSpec
+        from fs.vault.rotate.engine import TargetSpec
 
         spec = TargetSpec(target.kind, target.backing_rel, target.obj_id)
         progress = rotate_cmds.run(state, vault, spec, unlocked, reason=f"revoke {inner} from {recipient.fingerprint[:16]}",
@@ -463,10 +464,10 @@ def mount_share(state: State, vault: Path, mountpoint: Path, share_id: str, iden
 def _serve_share(state: State, vault: Path, mountpoint: Path, share_id: str, name: str, read_only: bool,
                  allow_other: bool, audit_mode: str, passphrase_file: Path | None, passphrase_fd: int | None,
                  ready_fd: int | None) -> None:
-    from fs import audit
-    from fs.headers import DirKeys
-    from fs.mount import serve
-    from fs.singlefile import SharedFile
+    from wire import sink as audit
+    from fs.vault.headers import DirKeys
+    from fs.mount.serve import serve
+    from fs.mount.singlefile import SharedFile
     from proxy.client import open_capsule
 
     try:
@@ -490,10 +491,10 @@ def _serve_share(state: State, vault: Path, mountpoint: Path, share_id: str, nam
             sink = audit.AuditSink(state.home, vault_mod.vault_id(config), required=audit_mode == "required")
         state.register_mount(mountpoint, vault, effective_ro, source=sink.source if sink else "",
                              vault_id=vault_mod.vault_id(config), share_id=share_id, identity=name)
-        # Keys held only by the mount (fs/control.py drops them at lock; unlock fetches them again).
-        from fs.control import ControlSpec
+        # Keys held only by the mount (fs/mount/control/server.py drops them at lock; unlock fetches them again).
+        from fs.mount.control.server import ControlSpec
 
-        from .lock_cmds import share_rekey
+        from cli.lock_cmds import share_rekey
 
         control = ControlSpec(state.control_path(mountpoint), state.home, share_id=share_id, identity=name,
                               rekey=share_rekey(state, vault, share_id, name, rel))

@@ -47,7 +47,7 @@ class State:
         return self.mounts_dir / f"{self._key(mountpoint)}.json"
 
     def control_path(self, mountpoint: Path) -> Path:
-        """The mount's control socket (fs/control.py, daemon/mounts.py)."""
+        """The mount's control socket (fs/mount/control/server.py, wire/mountsock.py)."""
         return self.mounts_dir / f"{self._key(mountpoint)}.sock"
 
     def log_path(self, mountpoint: Path) -> Path:

@@ -9,16 +9,17 @@ from pathlib import Path
 import click
 
 from daemon.paths import ledger_path
-from fs import audit
-from fs import fsck as fsck_mod
-from fs import vault as vault_mod
-from fs import versions as versions_mod
-from fs.errors import MountpointError, UmbrafsError, WrongPassphrase
-from fs.control import ControlSpec
-from fs.mount import check_fuse, check_mountpoint, mounted_paths, serve
+from wire import sink as audit
+from fs.vault import fsck as fsck_mod
+from fs.vault import config as vault_mod
+from fs.vault import versions as versions_mod
+from fs.errors import MountpointError, WrongPassphrase
+from fs.mount.control.server import ControlSpec
+from fs.mount.serve import check_fuse, check_mountpoint, serve
+from wire.procfs import mounted_paths
 
-from . import detach, exitcodes, passphrase
-from .state import State
+from cli import detach, exitcodes, passphrase
+from cli.state import State
 
 passphrase_file_option = click.option(
     "--passphrase-file",
@@ -94,7 +95,7 @@ def mount(
     if share_id is not None:
         if no_xattr:
             raise click.UsageError("--no-xattr does not go with --share")
-        from .share_cmds import mount_share
+        from cli.share_cmds import mount_share
 
         mount_share(state, vault, mountpoint, share_id, identity_name, foreground=foreground, read_only=read_only,
                     allow_other=allow_other, audit_mode=audit, passphrase_file=passphrase_file,
@@ -154,7 +155,7 @@ def _mount_here(
             if sink:
                 sink.emit("unmount", pid=os.getpid(), path=str(mountpoint), path2=str(vault))
                 sink.close()
-    except UmbrafsError as exc:
+    except exitcodes.PROJECT_ERRORS as exc:
         detach.report(ready_fd, f"err {exitcodes.for_error(exc)} {exc}")
         raise
 

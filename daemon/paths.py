@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 from pathlib import Path
 
-from .protocol import pidfile_path
+from wire.daemonsock import pidfile_path
+from wire.procfs import pid_alive
 
 LEDGER_NAME = "ledger.db"
 CHECKPOINT_NAME = "ledger-checkpoint.json"
@@ -48,25 +48,6 @@ def save_vault_anchors(home: Path, paths: list[Path]) -> None:
     tmp = home / (VAULT_ANCHORS_NAME + ".tmp")
     tmp.write_text(json.dumps(sorted(map(str, paths)), indent=1) + "\n", encoding="utf-8")
     tmp.replace(home / VAULT_ANCHORS_NAME)
-
-
-def pid_alive(pid: int) -> bool:
-    """Running, and not a zombie: a detached process is reparented to init, and a
-    slow init (containers) leaves it a zombie for seconds after it has exited."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def running_pid(home: Path) -> int | None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DaemonError
+from wire.errors import DaemonError
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import mounts
-from .errors import DaemonError
-from .policy import Policy, PolicyStore
+from wire import mountsock as mounts
+from wire.errors import DaemonError
+from daemon.policy import Policy, PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def guard_name(identity_name: str) -> str:
 
 def load_guard(home: Path, identity_name: str, passphrase: bytes) -> Any | None:
     """The unlocked guard credential made by `umbrafs daemon credential`, or None if there is none."""
-    from proxy import identity as identity_mod
+    from proxy import keyring as identity_mod
 
     name = guard_name(identity_name)
     if not identity_mod.identity_path(guard_home(home), name).exists():

@@ -29,10 +29,17 @@ from ledger.checkpoint import key_id_of
 from ledger.errors import LedgerError
 from ledger.store import Ledger
 
-from . import protocol, spool
-from .clock import now_ns
-from .paths import anchor_path, ledger_path, running_pid, save_vault_anchors, saved_vault_anchors, vault_anchor_path
-from .errors import DaemonError
+from wire import daemonsock as protocol, spool
+from wire.clock import now_ns
+from daemon.paths import (
+    anchor_path,
+    ledger_path,
+    running_pid,
+    save_vault_anchors,
+    saved_vault_anchors,
+    vault_anchor_path,
+)
+from wire.errors import DaemonError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._connected: dict[str, int] = {}  # source → peer pid
         self.started = time.time()
-        from .detector import Detector  # numpy and the model load with the daemon, not with its clients
+        from daemon.anomaly.detector import Detector  # numpy and the model load with the daemon, not with its clients
 
         self.detector = Detector(home, self.source, self._record, guard)
 

@@ -1,1 +1,1 @@
-"""The umbrafs mount: on-disk format, crypto layers and the pyfuse3 adapter."""
+"""The umbrafs drive: format/ (pure bytes) < vault/ (the backing directory, offline and in the mount) < mount/ (the pyfuse3 adapter)."""

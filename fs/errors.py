@@ -41,9 +41,3 @@ class FuseUnavailable(UmbrafsError):
 
 class IntegrityError(UmbrafsError):
     """Authentication of a header, name or block failed: never return its bytes."""
-
-
-class AuditUnavailable(UmbrafsError):
-    """--audit required, and the audit daemon cannot be reached."""
-
-    errno = errno.EACCES

@@ -39,7 +39,7 @@ _TIME = re.compile(r"^[0-9]{1,12}$")
 
 
 class RequestSigner(Protocol):
-    """Whatever signs requests: an unlocked `proxy.identity.Identity`, or a `KeySigner`."""
+    """Whatever signs requests: an unlocked `proxy.keyring.Identity`, or a `KeySigner`."""
 
     @property
     def fingerprint(self) -> str: ...

@@ -20,11 +20,18 @@ from typing import Any
 
 import umbral_pre
 
-from . import api, auth
-from .envelope import Delegation, parse_capsule, parse_public_key
-from .errors import (AccessRevoked, CapsuleError, GrantError, ProxyDown, ProxyError, ProxyRequestError,
-                     ProxyUnreachable)
-from .identity import Identity, PublicIdentity
+from proxy import api, auth
+from proxy.envelope import Delegation, parse_capsule, parse_public_key
+from proxy.errors import (
+    AccessRevoked,
+    CapsuleError,
+    GrantError,
+    ProxyDown,
+    ProxyError,
+    ProxyRequestError,
+    ProxyUnreachable,
+)
+from proxy.keyring import Identity, PublicIdentity
 
 DEFAULT_TIMEOUT = 5.0
 

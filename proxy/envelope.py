@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import umbral_pre
 
-from .errors import CapsuleError
+from proxy.errors import CapsuleError
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from . import api
-from .errors import IdentityError, NoSuchShare, ShareRecordInvalid
-from .identity import Identity, PublicIdentity, parse_public
+from proxy import api
+from proxy.errors import IdentityError, NoSuchShare, ShareRecordInvalid
+from proxy.keyring import Identity, PublicIdentity, parse_public
 
 FORMAT_NAME = "umbrafs-share"
 FORMAT_VERSION = 1

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from wire.procfs import mounted_paths, pid_alive
+
 PASSPHRASE = "correct horse battery staple"
 FAST_KDF = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1", "--kdf-lanes", "1"]
 UMBRAFS = [sys.executable, "-m", "cli"]
@@ -82,9 +84,7 @@ class Mount:
 
 
 def is_mounted(path: Path) -> bool:
-    target = str(path.absolute())
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split(" ")[4] == target for line in f)
+    return str(path.absolute()) in mounted_paths()
 
 
 def force_unmount(path: Path, pid: int | None) -> None:
@@ -103,11 +103,7 @@ def force_unmount(path: Path, pid: int | None) -> None:
 def process_gone(pid: int) -> bool:
     """Exited; a zombie counts (the detached mount's parent is init, which may
     reap it only seconds later in a container)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return not pid_alive(pid)
 
 
 def new_env(tmp: Path) -> Env:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import runner, schedule
-from .schedule import DAY, EPOCH, HOUR, MINUTE, Activity, Scenario
-from .world import World, WorldError
+from benchmarks.anomaly import runner, schedule
+from benchmarks.anomaly.schedule import DAY, EPOCH, HOUR, MINUTE, Activity, Scenario
+from benchmarks.anomaly.world import World, WorldError
 
 log = logging.getLogger("anomaly_eval")
 

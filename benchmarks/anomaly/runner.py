@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import actions
+from benchmarks.anomaly import actions
 
 log = logging.getLogger("anomaly_eval.runner")
 

@@ -93,7 +93,7 @@ class SimClock:
     """Writes the shared clock file; simulated time runs at real speed between jumps."""
 
     def __init__(self, path: Path) -> None:
-        from daemon.clock import write_clock_file  # M's helper: same format the readers parse
+        from wire.clock import write_clock_file  # M's helper: same format the readers parse
         self._write = write_clock_file
         self.path = path
         self._base = 0
@@ -394,7 +394,7 @@ class World:
     def mount_status(self, home: Path, mountpoint: Path) -> dict[str, Any] | None:
         """The mount's control status, or None if it is gone / has no control socket."""
         try:
-            from daemon import mounts
+            from wire import mountsock as mounts
         except ImportError:
             return None
         for info in mounts.list_mounts(home):
@@ -407,7 +407,7 @@ class World:
         return None
 
     def unlock(self, home: Path, mountpoint: Path, who: str) -> bool:
-        from daemon import mounts
+        from wire import mountsock as mounts
         passphrase = self.passfiles[who].read_text().rstrip("\n")
         for info in mounts.list_mounts(home):
             if info.mountpoint == str(mountpoint):
@@ -457,7 +457,7 @@ def build(world: World, *, seed: int, scale: float, archive_mib: int, tuning: di
           git_files: int, team_scale: float) -> None:
     """Identities, proxies, the vault with every user's files (written before auditing starts,
     so the ledger holds only the simulated weeks), the team share for bob, bob's guard credential."""
-    from . import runner, schedule
+    from benchmarks.anomaly import runner, schedule
     w = world
     w.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(w.dir, 0o755)

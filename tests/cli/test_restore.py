@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fs import vault as vault_mod
-from fs import versions
+from fs.vault import config as vault_mod
+from fs.vault import versions
 from tests.conftest import PASSPHRASE, Env, Mount, live_mount
 
 # Reads every file, writes an "encrypted" (xor) version in place, as NAME.locked + delete,

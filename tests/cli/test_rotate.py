@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from cli import exitcodes
-from fs import format as fmt
+from fs.format import layout as fmt
 from fs.errors import IntegrityError
-from fs.headers import DirKeys
-from fs.names import is_reserved
-from proxy import identity as identity_mod
+from fs.vault.headers import DirKeys
+from fs.format.names import is_reserved
+from proxy import keyring as identity_mod
 from proxy import shares as shares_mod
 from proxy.client import open_capsule
 from tests.cli.test_identity import one_line_error
@@ -155,8 +155,9 @@ def _no() -> bool:
 
 def test_resume_goes_to_the_live_mount(w: World) -> None:
     """A rotation cut short, the vault mounted: `revoke VAULT --resume` has the mount finish it."""
-    from fs import keywalk, rotate
-    from fs import vault as vault_mod
+    from fs.vault import keywalk
+    from fs.vault.rotate import engine as rotate
+    from fs.vault import config as vault_mod
 
     unlocked = vault_mod.unlock(w.vault, w.alice.passfile.read_text().strip().encode())
     target = keywalk.find(unlocked, "/projects/x")
@@ -177,8 +178,9 @@ def test_resume_goes_to_the_live_mount(w: World) -> None:
 @pytest.mark.slow  # the offline path is also covered by test_revoke_rotate_offline_with_vault
 def test_resume_offline_when_not_mounted(env: Env, vault: Path) -> None:
     """Nothing mounted: `revoke VAULT --resume` runs the same engine on the backing dir."""
-    from fs import keywalk, rotate
-    from fs import vault as vault_mod
+    from fs.vault import keywalk
+    from fs.vault.rotate import engine as rotate
+    from fs.vault import config as vault_mod
 
     with live_mount(env, vault, env.tmp / "mnt") as m:
         (m.path / "d").mkdir()
@@ -250,8 +252,8 @@ def test_revoke_rotate_offline_with_vault(w: World) -> None:
     out = json.loads(result.stdout)
     assert out["revocations"][0]["holds"] and out["rotation"]["state"] == "done"
     assert out["rotation"]["files_done"] == 1 and out["rotation"]["dirs_done"] == 2
-    from fs import vault as vault_mod
-    from fs import keywalk
+    from fs.vault import config as vault_mod
+    from fs.vault import keywalk
 
     new_rel = keywalk.find(vault_mod.unlock(vault2, w.alice.passfile.read_text().strip().encode()), "/p").backing_rel
     assert new_rel == record.backing_path  # D keeps its name: its parent is not re-keyed

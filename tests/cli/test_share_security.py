@@ -1,5 +1,5 @@
 """Security of sharing end to end (issue 3, item 6): real CLI, real mounts, three real proxy
-processes that record every request and answer (proxy.server.CAPTURE_ENV).
+processes that record every request and answer (proxy.service.server.CAPTURE_ENV).
 
 alice shares /projects/x with bob and /other with carol (2 of 3 proxies); bob mounts his share
 and reads it.  Then: (a) everything the proxies stored or received — their databases, every
@@ -27,17 +27,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cli import exitcodes
-from fs import format as fmt
-from fs import keys as fs_keys
-from fs import vault as vault_mod
+from fs.format import layout as fmt
+from fs.format import cryptocore as fs_keys
+from fs.vault import config as vault_mod
 from fs.errors import IntegrityError
-from fs.headers import DirKeys, owner_keys, read_dir_header, read_file_header
-from fs.names import is_reserved
-from proxy import identity as identity_mod
+from fs.vault.headers import DirKeys, owner_keys, read_dir_header, read_file_header
+from fs.format.names import is_reserved
+from proxy import keyring as identity_mod
 from proxy import shares as shares_mod
 from proxy.client import ProxyClient, open_capsule
 from proxy.errors import CapsuleError, ProxyUnreachable
-from proxy.identity import Identity, parse_public
+from proxy.keyring import Identity, parse_public
 from tests.cli.test_identity import one_line_error
 from tests.conftest import PASSPHRASE, Env, is_mounted, live_mount, new_env
 from tests.proxy.conftest import FAST_KDF as FAST_KDF_PARAMS

@@ -22,7 +22,7 @@ import pytest
 from cli import exitcodes
 from ledger.events import Event, decode
 from proxy.client import ProxyClient
-from proxy.identity import Identity, parse_public
+from proxy.keyring import Identity, parse_public
 from tests.cli.test_identity import one_line_error
 from tests.conftest import FAST_KDF, Env, Mount, live_mount, new_env
 from tests.proxy.conftest import ProxyProc, check_log, make_identity

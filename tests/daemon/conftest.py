@@ -14,7 +14,7 @@ import pytest
 from daemon.paths import ledger_path, running_pid
 from ledger import store
 from ledger.events import Event
-from proxy import identity as identity_mod
+from proxy import keyring as identity_mod
 from tests.conftest import PASSPHRASE, Env, new_env, process_gone
 
 FAST_IDENTITY_KDF = identity_mod.KdfParams(memory_kib=1024, iterations=1, lanes=1)

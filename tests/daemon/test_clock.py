@@ -1,4 +1,4 @@
-"""daemon/clock.py: real time by default; a clock file sets a simulated time and speed."""
+"""wire/clock.py: real time by default; a clock file sets a simulated time and speed."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.clock import write_clock_file
+from wire.clock import write_clock_file
 
 PROBE = """
 import json, sys, time
-from daemon.clock import now_ns
+from wire.clock import now_ns
 out = [now_ns()]
 time.sleep(0.2)
 out.append(now_ns())
@@ -67,7 +67,7 @@ def test_simulated_time_speed_and_a_moved_clock(tmp_path: Path) -> None:
 
 
 def test_a_damaged_clock_file_keeps_the_last_good_setting(tmp_path: Path) -> None:
-    from daemon.clock import _FileClock
+    from wire.clock import _FileClock
 
     clock = tmp_path / "clock.json"
     write_clock_file(clock, 10**18)

@@ -12,13 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from daemon import protocol
+from wire import daemonsock as protocol
 from daemon.paths import ledger_path
 from ledger.events import Event
 from tests.conftest import Env, force_unmount, live_mount, process_gone
 from tests.fs.posix_support import drop_cache
 
-from .conftest import Daemon, wait_for
+from tests.daemon.conftest import Daemon, wait_for
 
 
 def _mine(events: list[tuple[int, Event]], source: str | None = None, op: str | None = None) -> list[Event]:
@@ -389,7 +389,7 @@ def test_a_ledger_started_afresh_is_not_consistent_with_a_saved_checkpoint(aenv:
 
 def test_an_event_that_moved_a_mebibyte_is_delivered_without_the_linger(aenv: Env, daemon: Daemon, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Small events gather for a linger; a large read cuts it short (the bulk-read rule is waiting)."""
-    from fs import audit
+    from wire import sink as audit
 
     monkeypatch.setattr(audit, "_LINGER", 30.0)  # long enough that only the cut can explain a delivery
     sink = audit.AuditSink(aenv.home, "00" * 16, required=True)

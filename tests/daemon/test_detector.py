@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from daemon import client, protocol
+from wire import daemonclient as client, daemonsock as protocol
 from daemon.paths import ledger_path
 from ledger import read
 from ledger.events import Event
@@ -232,10 +232,10 @@ def test_ransomware_burst_is_flagged_within_five_files_and_lookalikes_are_not(tu
 def test_nightly_backup_is_routine_but_a_night_download_is_not() -> None:
     """Pure: the bulk-read rule against a baseline of office days plus a 02:00 backup (same process, same
     hour, every night) — the backup stays quiet, any other process reading at night is cut off."""
-    from daemon.detector import _Users
-    from daemon.features import Normalizer, windows_of
-    from daemon.model import Settings, fit_user
-    from daemon.rules import Limits, UserRules
+    from daemon.anomaly.detector import _Users
+    from daemon.anomaly.features import Normalizer, windows_of
+    from daemon.anomaly.model import Settings, fit_user
+    from daemon.anomaly.rules import Limits, UserRules
 
     class Plain:
         source, seq = "0123456789abcdef", 0
@@ -304,8 +304,8 @@ def test_model_reports_exfiltration_but_not_the_lookalikes(tmp_path: Path) -> No
     of small files are not reported; 600 MiB read out in a minute at 17:00 is (no rule covers it)."""
     import asyncio
 
-    from daemon.detector import Detector
-    from daemon.model import Settings
+    from daemon.anomaly.detector import Detector
+    from daemon.anomaly.model import Settings
 
     class Plain:
         source, seq = "0123456789abcdef", 0
@@ -372,9 +372,9 @@ def test_model_reports_exfiltration_but_not_the_lookalikes(tmp_path: Path) -> No
 @pytest.mark.parametrize("pattern", ["in-place", "new-then-delete", "rename-then-overwrite", "new-then-rename-over"])
 def test_ransomware_rule_sees_every_way_of_replacing_files(pattern: str) -> None:
     """Pure: the four ways ransomware replaces a file all count one victim per file."""
-    from daemon.detector import _Users
-    from daemon.features import Normalizer
-    from daemon.rules import Limits, UserRules
+    from daemon.anomaly.detector import _Users
+    from daemon.anomaly.features import Normalizer
+    from daemon.anomaly.rules import Limits, UserRules
 
     src = "0123456789abcdef"
     seq = 0
@@ -414,9 +414,9 @@ def test_ransomware_rule_sees_every_way_of_replacing_files(pattern: str) -> None
 def test_ransomware_rule_does_not_pair_a_build_with_a_photo_import() -> None:
     """Pure: a build rewriting pre-existing objects while another process imports photos (high entropy,
     new files, another folder) has no victim: destruction and encryption must be one process's, in one folder."""
-    from daemon.detector import _Users
-    from daemon.features import Normalizer
-    from daemon.rules import Limits, UserRules
+    from daemon.anomaly.detector import _Users
+    from daemon.anomaly.features import Normalizer
+    from daemon.anomaly.rules import Limits, UserRules
 
     src = "0123456789abcdef"
     seq = 0

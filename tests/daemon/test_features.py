@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from daemon.detector import _Users
-from daemon.features import WINDOW_NS, Normalizer, WindowBuilder, hour_of_day, model_vector, windows_of
-from daemon.model import FastForest, Settings, fit_user
+from daemon.anomaly.detector import _Users
+from daemon.anomaly.features import WINDOW_NS, Normalizer, WindowBuilder, hour_of_day, model_vector, windows_of
+from daemon.anomaly.model import FastForest, Settings, fit_user
 from ledger.events import Event
 
 SRC = "0123456789abcdef"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import mounts
+from wire import mountsock as mounts
 from daemon import policy as policy_mod
 from tests.conftest import Env, is_mounted, live_mount
 from tests.daemon.conftest import Daemon, wait_for
@@ -130,7 +130,7 @@ def test_revoke_policy_cuts_off_a_share_recipient_pulling_everything(tmp_path: P
     """bob's daemon watches his share mount; past the share-bulk limit it locks the mount and deletes
     bob's grant at the proxies with its guard key (registered by the admin, scoped to bob)."""
     from proxy.client import ProxyClient
-    from proxy.identity import parse_public
+    from proxy.keyring import parse_public
     from tests.cli.test_sharing import _identity
     from tests.conftest import new_env
     from tests.daemon.conftest import stop_daemon
@@ -196,7 +196,7 @@ def test_revoke_policy_cuts_off_a_share_recipient_pulling_everything(tmp_path: P
 @pytest.mark.slow
 def test_a_long_read_through_a_real_mount_is_counted_once_while_it_runs(aenv: Env) -> None:
     """The mount's `progress` events (every 4 MiB) and the final `access` add up to the bytes read, once."""
-    from daemon.detector import replay
+    from daemon.anomaly.detector import replay
     from daemon.paths import ledger_path
     from ledger import read
 

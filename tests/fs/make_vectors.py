@@ -16,10 +16,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fs import format as fmt
-from fs import keys
-from fs.headers import DirKeys
-from fs.names import NameCipher, backing_name
+from fs.format import layout as fmt
+from fs.format import cryptocore as keys
+from fs.vault.headers import DirKeys
+from fs.format.names import NameCipher, backing_name
 
 DATA = Path(__file__).parent / "data"
 EXAMPLE = DATA / "example_vault_v1"

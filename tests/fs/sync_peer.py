@@ -15,13 +15,13 @@ import shutil
 import stat
 from pathlib import Path
 
-from fs import format as fmt
-from fs.backing import join
-from fs.content import OpenFile
-from fs.headers import DirKeys, new_header, read_file_header
-from fs.keywalk import find, split_plain
-from fs.names import backing_name, is_long
-from fs.vault import UnlockedVault, unlock
+from fs.format import layout as fmt
+from fs.vault.backing import join
+from fs.vault.content import OpenFile
+from fs.vault.headers import DirKeys, new_header, read_file_header
+from fs.vault.keywalk import find, split_plain
+from fs.format.names import backing_name, is_long
+from fs.vault.config import UnlockedVault, unlock
 
 
 class Peer:

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import trio
 
-from daemon.mounts import MountControlError, find_by_mountpoint, list_mounts, request, request_socket
-from fs import control
-from fs import vault as vault_mod
-from fs.operations import Operations
+from wire.mountsock import MountControlError, find_by_mountpoint, list_mounts, request, request_socket
+from fs.mount.control import server as control
+from fs.mount.control.handlers import HANDLERS
+from fs.vault import config as vault_mod
+from fs.mount.operations import Operations
 from tests.conftest import PASSPHRASE, Env, Mount
 
 
@@ -69,7 +70,7 @@ def test_protocol_errors_and_several_requests_per_connection(env: Env, mounted: 
 
 
 def test_audit_source_maps_to_the_mount(env: Env, vault: Path) -> None:
-    from daemon.mounts import find_by_source
+    from wire.mountsock import find_by_source
     from tests.conftest import live_mount
 
     with live_mount(env, vault, env.tmp / "m2", "--audit", "best-effort") as m:
@@ -134,10 +135,9 @@ def test_registered_handlers_reach_the_running_operations(tmp_path: Path) -> Non
     deep.mkdir(parents=True)
     spec = control.ControlSpec(deep / "ctl.sock", tmp_path, vault=unlocked)
     del unlocked
-    ctl = control.MountControl(ops, spec, tmp_path / "mnt", vault_path)
+    ctl = control.MountControl(ops, spec, tmp_path / "mnt", vault_path, handlers=HANDLERS)
     assert ctl.vault is not None and spec.vault is None
 
-    @control.handler("test-peek")
     async def peek(c: control.MountControl, message: dict[str, Any]) -> dict[str, Any]:
         assert c is ctl and c.nursery is not None
         ino = await c.run_sync(lambda: c.ops.inodes.root.ino)
@@ -146,7 +146,7 @@ def test_registered_handlers_reach_the_running_operations(tmp_path: Path) -> Non
     async def fails(c: control.MountControl, message: dict[str, Any]) -> dict[str, Any]:
         raise control.ControlRequestError("nope", "refused on purpose")
 
-    control.register("test-fail", fails)
+    ctl.handlers = {**HANDLERS, "test-peek": peek, "test-fail": fails}
     replies: list[dict[str, Any]] = []
 
     async def main() -> None:
@@ -160,8 +160,6 @@ def test_registered_handlers_reach_the_running_operations(tmp_path: Path) -> Non
     try:
         trio.run(main)
     finally:
-        control._HANDLERS.pop("test-peek", None)
-        control._HANDLERS.pop("test-fail", None)
         ops.close()
     assert replies[0] == {"type": "peek", "root": 1, "echo": 7, "peer_pid": os.getpid()}
     assert replies[1] == {"type": "error", "code": "nope", "message": "refused on purpose"}

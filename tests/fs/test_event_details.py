@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clock import write_clock_file
+from wire.clock import write_clock_file
 from ledger.events import Event
 from tests.conftest import Env, force_unmount
 from tests.daemon import conftest as daemon_fixtures

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fs import format as fmt
-from fs import keys
-from fs.content import OpenFile
-from fs.headers import DirKeys
-from fs.names import NameCipher, b64encode, backing_name
+from fs.format import layout as fmt
+from fs.format import cryptocore as keys
+from fs.vault.content import OpenFile
+from fs.vault.headers import DirKeys
+from fs.format.names import NameCipher, b64encode, backing_name
 from tests.conftest import Env, force_unmount
 from tests.fs.make_vectors import EXAMPLE, EXAMPLE_LINKS, EXAMPLE_PASSPHRASE, manifest
 

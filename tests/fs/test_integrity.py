@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli import exitcodes
-from fs import format as fmt
+from fs.format import layout as fmt
 from tests.conftest import Mount
 
 B = fmt.BLOCK_SIZE

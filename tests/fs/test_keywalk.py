@@ -1,4 +1,4 @@
-"""fs.keywalk against a vault filled through a real mount: the owner's offline walk to a
+"""fs.vault.keywalk against a vault filled through a real mount: the owner's offline walk to a
 directory key or file DEK, its reverse, and the recipient's search by object id."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from cli import exitcodes
-from fs import format as fmt
-from fs import keywalk
-from fs import vault as vault_mod
-from fs.content import OpenFile
-from fs.headers import read_dir_header, read_file_header
-from fs.names import is_reserved
+from fs.format import layout as fmt
+from fs.vault import keywalk
+from fs.vault import config as vault_mod
+from fs.vault.content import OpenFile
+from fs.vault.headers import read_dir_header, read_file_header
+from fs.format.names import is_reserved
 from tests.conftest import PASSPHRASE, Mount, live_mount, new_env
 
 LONG = "L" * 200  # encrypted name > 175 characters: a hashed backing name and a sidecar

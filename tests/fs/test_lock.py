@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cli import exitcodes
-from daemon.mounts import find_by_mountpoint, request
+from wire.mountsock import find_by_mountpoint, request
 from tests.cli import test_sharing
 from tests.cli.test_sharing import World
 from tests.conftest import Env, Mount, is_mounted, live_mount, process_gone

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from fs.format import FILE_SLOTS
+from fs.format.layout import FILE_SLOTS
 from tests.conftest import Env, Mount, live_mount, new_env
 from tests.fs.posix_support import outcome
 

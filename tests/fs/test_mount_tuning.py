@@ -10,7 +10,7 @@ import pyfuse3
 import pytest
 import trio
 
-from fs.mount import _QuickTrio, _RequestLock, quick_pyfuse3_trio
+from fs.mount.serve import _QuickTrio, _RequestLock, quick_pyfuse3_trio
 from tests.conftest import Env, live_mount
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fs import format as fmt
+from fs.format import layout as fmt
 from tests.conftest import Mount
 from tests.fs.posix_support import (
     UTIME_NOW,

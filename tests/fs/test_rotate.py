@@ -1,4 +1,4 @@
-"""Key rotation engine (fs/rotate.py) on real vaults written through real mounts.
+"""Key rotation engine (fs/vault/rotate/engine.py) on real vaults written through real mounts.
 
 After a rotation every file reads back byte for byte with the same tree, names, links and holes,
 and none of the keys a revoked recipient could have kept (every directory key and DEK below the
@@ -23,14 +23,15 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fs import format as fmt
-from fs import keys as keys_mod
-from fs import keywalk, rotate
-from fs import vault as vault_mod
+from fs.format import layout as fmt
+from fs.format import cryptocore as keys_mod
+from fs.vault import keywalk
+from fs.vault.rotate import engine as rotate
+from fs.vault import config as vault_mod
 from fs.errors import IntegrityError
-from fs.headers import DirKeys, read_dir_header, read_file_header
-from fs.names import is_reserved
-from fs.xattrs import XattrCipher
+from fs.vault.headers import DirKeys, read_dir_header, read_file_header
+from fs.format.names import is_reserved
+from fs.format.xattrs import XattrCipher
 from tests.conftest import PASSPHRASE, Env, live_mount, new_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -281,7 +282,8 @@ def test_single_file_gets_a_new_dek(env: Env, vault: Path, built) -> None:
 
 _KILLER = textwrap.dedent("""
     import os, signal, sys
-    from fs import rotate, vault as vault_mod
+    from fs.vault import config as vault_mod
+    from fs.vault.rotate import engine as rotate
     vault, rel, obj, kind, mode, n = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
     rotate.CHUNK = 2 * 16412; rotate._CHUNK_BLOCKS = 2; rotate.SMALL_MAX = 2 * 16412; rotate.BATCH_FILES = 4
     from pathlib import Path

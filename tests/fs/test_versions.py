@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clock import write_clock_file
-from fs import vault as vault_mod
-from fs import versions as ver
-from fs.content import OpenFile
-from fs.headers import read_file_header
+from wire.clock import write_clock_file
+from fs.vault import config as vault_mod
+from fs.vault import versions as ver
+from fs.vault.content import OpenFile
+from fs.vault.headers import read_file_header
 from tests.conftest import PASSPHRASE, Env, Mount, live_mount
 from tests.fs.posix_support import assert_no_plaintext
 
@@ -210,7 +210,7 @@ def test_limits_parse_and_refuse() -> None:
 
 
 def test_plan_undoes_newest_first_and_merges_versions() -> None:
-    from fs.restore import Selection, plan
+    from fs.vault.restore import Selection, plan
 
     def rec(t: int, op: str, path: str, path2: str = "", pid: int = 7, **kw: object) -> ver.Record:
         return ver.Record(t=t, op=op, pid=pid, path=path, path2=path2, data=f"v{t}" if op in ver.CONTENT_OPS else "",

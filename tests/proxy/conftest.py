@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy import identity as identity_mod
+from proxy import keyring as identity_mod
 from proxy.client import ProxyClient
-from proxy.identity import Identity
+from proxy.keyring import Identity
 from tests.conftest import PASSPHRASE, UMBRAFS, process_gone
 
 FAST_KDF = identity_mod.KdfParams(memory_kib=1024, iterations=1, lanes=1)
@@ -38,7 +38,7 @@ class ProxyProc:
     admin_file: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
-    capture: bool = False  # record every request and answer (proxy.server.CAPTURE_ENV)
+    capture: bool = False  # record every request and answer (proxy.service.server.CAPTURE_ENV)
     workers: int = 0       # `proxy serve --workers`
 
     @property
@@ -151,8 +151,8 @@ def make_identity(home: Path, name: str) -> Identity:
 
 
 _LOG_LINE = re.compile(
-    r"^\S+ \S+ ERROR proxy\.crypto_worker: re-encryption worker \d+ exited; \d+ left$|"
-    r"^\S+ \S+ (INFO|WARNING) proxy\.server: ("
+    r"^\S+ \S+ ERROR proxy\.service\.crypto_worker: re-encryption worker \d+ exited; \d+ left$|"
+    r"^\S+ \S+ (INFO|WARNING) proxy\.service\.server: ("
     r"proxy listening on http://127\.0\.0\.1:\d+ \(database \S+\)"
     r"|proxy on http://127\.0\.0\.1:\d+ shutting down"
     r"|capturing every request and answer into \S+ \(\$UMBRAFS_PROXY_CAPTURE\)"

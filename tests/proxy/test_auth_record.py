@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 
 from proxy import auth
-from proxy import record as rec
+from proxy.service import record as rec
 from proxy.errors import RecordChainBroken
-from proxy.identity import generate
+from proxy.keyring import generate
 
 
 ALICE = generate("alice")

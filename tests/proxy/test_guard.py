@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from proxy import api, store as store_mod
+from proxy import api
+from proxy.service import store as store_mod
 from proxy.auth import KeySigner
 from proxy.client import grant, new_grant_id, open_capsule, revoke, revoke_recipient
 from proxy.envelope import Sealed, seal
 from proxy.errors import AccessRevoked
-from proxy.identity import Identity
+from proxy.keyring import Identity
 from tests.conftest import new_env
 from tests.proxy.conftest import Cluster, make_identity
 from tests.proxy.test_server import expect_status, grant_body, raw

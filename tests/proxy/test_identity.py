@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import umbral_pre
 
-from proxy import identity as identity_mod
+from proxy import keyring as identity_mod
 from proxy.errors import IdentityError, WrongIdentityPassphrase
 from tests.proxy.conftest import FAST_KDF, SECRET
 

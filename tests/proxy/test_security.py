@@ -19,7 +19,7 @@ from proxy import api, auth
 from proxy.client import grant, new_grant_id, open_capsule
 from proxy.envelope import Sealed, seal
 from proxy.errors import CapsuleError, ProxyUnreachable
-from proxy.identity import Identity
+from proxy.keyring import Identity
 from tests.proxy.conftest import Cluster, TamperingProxy
 from tests.proxy.test_server import expect_status, grant_body, raw
 

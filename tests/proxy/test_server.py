@@ -19,8 +19,8 @@ from proxy import api, auth
 from proxy.client import ProxyClient, open_capsule
 from proxy.envelope import Delegation
 from proxy.errors import ProxyRequestError
-from proxy.identity import Identity, PublicIdentity
-from proxy.store import verify_records
+from proxy.keyring import Identity, PublicIdentity
+from proxy.service.store import verify_records
 from tests.conftest import Env, new_env
 from tests.proxy.conftest import Cluster
 

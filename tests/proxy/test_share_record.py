@@ -11,7 +11,7 @@ from cli import exitcodes
 from proxy import shares
 from proxy.envelope import Delegation
 from proxy.errors import IdentityError, NoSuchShare, ShareRecordInvalid
-from proxy.identity import Identity, generate
+from proxy.keyring import Identity, generate
 
 ALICE: Identity = generate("alice")
 BOB: Identity = generate("bob")

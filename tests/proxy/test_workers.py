@@ -14,8 +14,8 @@ import pytest
 
 from proxy.client import grant, new_grant_id, open_capsule
 from proxy.envelope import seal
-from proxy.identity import Identity
-from proxy.store import verify_records
+from proxy.keyring import Identity
+from proxy.service.store import verify_records
 from tests.conftest import process_gone
 from tests.proxy.conftest import ProxyProc, check_log, make_identity
 from tests.proxy.test_server import expect_status

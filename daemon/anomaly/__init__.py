@@ -1,0 +1,1 @@
+"""Anomaly detection: features per user and window, rules, the IsolationForest model, the detector."""

@@ -1,0 +1,1 @@
+"""The pyfuse3 + trio adapter: the only part of umbrafs that imports either."""

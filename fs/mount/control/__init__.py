@@ -1,0 +1,1 @@
+"""The mount's control socket (lock, unlock, unmount, status, rotate, versions, restore)."""

@@ -1,0 +1,1 @@
+"""`revoke --rotate`: fresh keys for a shared subtree, re-encrypted in place, resumable."""

@@ -1,0 +1,1 @@
+"""Contracts between the processes: the daemon socket, the mount control socket and registry, the event spool, the clock, the audit sink, /proc helpers. Stdlib and ledger.events only; no event loop."""

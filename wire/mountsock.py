@@ -1,0 +1,143 @@
+"""Client side of a mount's control socket: find live mounts, send them requests.
+
+Every mount registers ``<home>/mounts/<key>.json`` (cli/state.py) and listens on
+``<home>/mounts/<key>.sock`` (fs/mount/control/server.py) for JSON lines like the daemon's
+protocol: status, lock, unlock, unmount and whatever other modules register.
+This module is pure stdlib + wire.daemonsock so that the daemon, the CLI and the
+mount itself can use it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from wire import daemonsock as protocol
+from wire.errors import MountControlError
+from wire.procfs import mounted_paths, pid_alive
+
+MOUNTS_DIR = "mounts"
+# sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/<dir fd>/<name>.
+_SUN_PATH_MAX = 100
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    pid: int
+    mountpoint: str
+    vault: str
+    read_only: bool = False
+    started: float = 0.0
+    source: str = ""       # the mount's AuditSink source ("" if auditing is off)
+    vault_id: str = ""
+    share_id: str = ""     # "" for the owner's mount
+    identity: str = ""     # recipient identity name of a share mount, else ""
+    uid: int = -1
+    control: str = ""      # path of the control socket
+    record: str = ""       # path of the record file
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], record_path: Path) -> "MountInfo":
+        return cls(
+            pid=int(record["pid"]), mountpoint=str(record["mountpoint"]), vault=str(record.get("vault", "")),
+            read_only=bool(record.get("read_only", False)), started=float(record.get("started", 0.0)),
+            source=str(record.get("source", "")), vault_id=str(record.get("vault_id", "")),
+            share_id=str(record.get("share_id", "")), identity=str(record.get("identity", "")),
+            uid=int(record.get("uid", -1)), control=str(record.get("control", "")), record=str(record_path),
+        )
+
+
+def list_mounts(home: Path) -> list[MountInfo]:
+    """The live mounts registered in *home*: process alive and mountpoint attached."""
+    directory = Path(home) / MOUNTS_DIR
+    if not directory.is_dir():
+        return []
+    live = mounted_paths()
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            info = MountInfo.from_record(record, path)
+            if info.mountpoint in live and pid_alive(info.pid):
+                found.append(info)
+    return found
+
+
+def find_by_source(home: Path, source: str) -> MountInfo | None:
+    """The live mount whose events carry *source*."""
+    if not source:
+        return None
+    return next((m for m in list_mounts(home) if m.source == source), None)
+
+
+def find_by_mountpoint(home: Path, mountpoint: Path | str) -> MountInfo | None:
+    target = os.path.abspath(mountpoint)
+    return next((m for m in list_mounts(home) if m.mountpoint == target), None)
+
+
+@contextlib.contextmanager
+def socket_address(path: str | os.PathLike[str]) -> Iterator[str]:
+    """An address for *path* that fits in sun_path (bind or connect inside the block)."""
+    path = os.fspath(path)
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield path
+        return
+    parent, name = os.path.split(path)
+    fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{name}"
+    finally:
+        os.close(fd)
+
+
+def request(
+    target: MountInfo | Path | str, source_or_message: str | dict[str, Any],
+    message: dict[str, Any] | None = None, timeout: float = 2.0,
+) -> dict[str, Any]:
+    """Send one request to a mount and return its reply.
+
+    ``request(info, message)`` or ``request(home, source, message)``.  Error replies
+    ({"type": "error", ...}) are returned; an unreachable mount raises MountControlError.
+    """
+    if isinstance(target, MountInfo):
+        if not isinstance(source_or_message, dict):
+            raise TypeError("request(info, message)")
+        info, msg = target, source_or_message
+        if isinstance(message, (int, float)):  # request(info, message, 5.0)
+            timeout = float(message)
+    else:
+        if not isinstance(source_or_message, str) or message is None:
+            raise TypeError("request(home, source, message)")
+        found = find_by_source(Path(target), source_or_message)
+        if found is None:
+            raise MountControlError(f"no live mount with source {source_or_message!r}")
+        info, msg = found, message
+    return request_socket(info.control, msg, timeout)
+
+
+def request_socket(control: str, message: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
+    if not control:
+        raise MountControlError("this mount has no control socket (started by an older umbrafs)")
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        try:
+            with socket_address(control) as address:
+                sock.connect(address)
+            sock.sendall(protocol.encode(message))
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            return protocol.receive(sock)
+        except FileNotFoundError:
+            raise MountControlError(f"{control}: no control socket (is the mount running?)") from None
+        except socket.timeout:
+            raise MountControlError(f"mount did not answer within {timeout:g} s") from None
+        except (OSError, protocol.ProtocolError) as exc:
+            raise MountControlError(f"mount control socket {control}: {exc}") from None
+    finally:
+        sock.close()
