@@ -5,7 +5,7 @@ Weeks of simulated office days for a few users (uids 1001…, each with their ow
 benign look-alikes (a nightly backup, a big git clone, a photo import, a tar of a folder) run
 through alice's real umbrafs mount (allow_other, as root) and bob's real share mount, with
 real audit daemons detecting and three real proxies on 127.0.0.1.  A shared fake clock
-($UMBRAFS_CLOCK_FILE, wire/clock.py) jumps between activities, so a simulated day costs
+(`umbrafs --clock-file`, wire/clock.py) jumps between activities, so a simulated day costs
 seconds; inside an activity it runs at real speed, so rates are real.  The first weeks train
 the daemons; alarms in the later weeks are false alarms.  Then each attack (night bulk
 download at 100 MiB/s and at disk speed, slow exfiltration, ransomware at 40 and 400 files/s,

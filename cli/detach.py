@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from wire import clock
 from wire.procfs import pid_alive
 
 _SECRET_ENV = ("UMBRAFS_PASSPHRASE", "UMBRAFS_NEW_PASSPHRASE")
@@ -22,6 +23,8 @@ def spawn(args: list[str], secret: bytes | None, log_path: Path, what: str) -> N
     """Run ``python -m cli ARGS --ready-fd N [--passphrase-fd M]`` detached; exit as it reports."""
     fds: list[int] = []
     cmd = [sys.executable, "-m", "cli", *args]
+    if clock.clock_file() is not None:  # the child keeps the parent's simulated clock
+        cmd[3:3] = ["--clock-file", clock.clock_file()]
     if secret is not None:
         pw_r, pw_w = os.pipe()
         os.write(pw_w, secret)

@@ -10,6 +10,7 @@ import click
 
 from cli import exitcodes
 from cli.state import State, default_home
+from wire import clock
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,11 +21,18 @@ from cli.state import State, default_home
     help="State directory (keys, mount records, logs). Default: $UMBRAFS_HOME or $XDG_STATE_HOME/umbrafs.",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+# The tests and the anomaly evaluation replay weeks in minutes on a shared simulated clock
+# (wire/clock.py).  An explicit, hidden option rather than an environment variable, so that
+# nothing a user's environment carries can move the ledger's timestamps.
+@click.option("--clock-file", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
 @click.pass_context
-def umbrafs(ctx: click.Context, home: Path | None, verbose: int) -> None:
+def umbrafs(ctx: click.Context, home: Path | None, verbose: int, clock_file: Path | None) -> None:
     """umbrafs: an encrypted, shareable drive."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if clock_file is not None:
+        clock.use_clock_file(clock_file)
+        logging.getLogger(__name__).info("simulated clock from %s", clock_file)
     ctx.obj = State(home or default_home())
 
 

@@ -39,9 +39,11 @@ def proxy() -> None:
 @click.option("--window", type=click.IntRange(1, 3600), default=60, show_default=True, help="Allowed clock difference of signed requests, seconds.")
 @click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Processes that re-encrypt beside the one serving HTTP (0: all in one process).")
+# The tests' proof that nothing the proxy sees decrypts anything: hidden, since the file holds kfrags.
+@click.option("--capture", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True)
 @click.pass_obj
 def serve(state: State, host: str, port: int, db: Path | None, admins: tuple[Path, ...], pidfile: Path | None,
-          window: int, workers: int) -> None:
+          window: int, workers: int, capture: Path | None) -> None:
     """Run a proxy until SIGTERM or Ctrl-C; prints its URL once it accepts connections."""
     from proxy.service import server  # aiohttp is only needed here
 
@@ -54,7 +56,8 @@ def serve(state: State, host: str, port: int, db: Path | None, admins: tuple[Pat
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("proxy").setLevel(logging.INFO)  # the startup line and refused requests
     config = server.ServeConfig(host, port, (db or default_db(state, port)).absolute(), publics,
-                                pidfile.absolute() if pidfile else None, window, workers=workers)
+                                pidfile.absolute() if pidfile else None, window, workers=workers,
+                                capture=capture.absolute() if capture else None)
 
     def ready(url: str) -> None:
         click.echo(f"listening on {url}")

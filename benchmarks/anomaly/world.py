@@ -7,7 +7,7 @@ Layout under the work directory::
     state/   alice/ bob/ admin/ (state dirs)  vault/  proxy0..2/   <- copied to snap/ after the baseline
     mnt/     drive (alice's mount, allow_other)  view (bob's share mount)  check (read-only, audit off)
     cache/   the git repository the "big git clone" look-alike clones
-    clock.json   the shared fake clock ($UMBRAFS_CLOCK_FILE of every process)
+    clock.json   the shared fake clock (`umbrafs --clock-file` of every process)
 """
 from __future__ import annotations
 
@@ -152,12 +152,12 @@ class World:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("UMBRAFS_")}
-        env.update({"UMBRAFS_CLOCK_FILE": str(self.clock_file), "TZ": "UTC", "PYTHONPATH": str(REPO_ROOT)})
+        env.update({"TZ": "UTC", "PYTHONPATH": str(REPO_ROOT)})
         return env
 
     def cli(self, home: Path, *args: object, check: bool = True, timeout: float = 300,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [*UMBRAFS, "--home", str(home), *map(str, args)]
+        cmd = [*UMBRAFS, "--clock-file", str(self.clock_file), "--home", str(home), *map(str, args)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(), timeout=timeout, cwd=REPO_ROOT,
                               input=input, stdin=None if input is not None else subprocess.DEVNULL)
         if check and proc.returncode != 0:
@@ -179,7 +179,8 @@ class World:
             root.mkdir(parents=True, exist_ok=True)
             with open(root / "proxy.log", "ab") as logf:
                 proc = subprocess.Popen(
-                    [*UMBRAFS, "--home", str(root / "home"), "proxy", "serve", "--port", str(port),
+                    [*UMBRAFS, "--clock-file", str(self.clock_file), "--home", str(root / "home"), "proxy", "serve",
+                     "--port", str(port),
                      "--db", str(root / "proxy.db"), "--admin", str(admin_pub), "--window", "3600"],
                     stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL, env=self.env(), cwd=REPO_ROOT)
             self._proxies.append(proc)

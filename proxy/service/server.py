@@ -113,13 +113,11 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         await store.persist_nonce(claim)
 
 
-CAPTURE_ENV = "UMBRAFS_PROXY_CAPTURE"
-
-
 def _capture_middleware(path: Path) -> Callable[..., Awaitable[web.StreamResponse]]:
     """An audit aid for tests: every request body the proxy receives and every answer it sends,
     appended to *path* (mode 0600) as JSON lines, so a test can show that nothing the proxy ever
-    saw decrypts anything.  Enabled only by $UMBRAFS_PROXY_CAPTURE; never in normal operation
+    saw decrypts anything.  Enabled only by ``ServeConfig.capture`` (the hidden ``proxy serve
+--capture``); never in normal operation
     (the file holds kfrags, which are the proxy's to keep)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
@@ -412,11 +410,12 @@ def _user_of(public: PublicIdentity, role: str, scope: tuple[str, ...] = ()) -> 
     return User(public.fingerprint, public.name, role, public.umbral_pk, public.verifying_pk, public.ed25519_pk, scope)
 
 
-def make_app(store: Store, window: int = auth.DEFAULT_WINDOW, pool: ReencryptPool | None = None) -> web.Application:
+def make_app(store: Store, window: int = auth.DEFAULT_WINDOW, pool: ReencryptPool | None = None,
+             capture: Path | None = None) -> web.Application:
     middlewares = [_errors, _authenticate]
-    if os.environ.get(CAPTURE_ENV):
-        log.warning("capturing every request and answer into %s ($%s)", os.environ[CAPTURE_ENV], CAPTURE_ENV)
-        middlewares.insert(0, _capture_middleware(Path(os.environ[CAPTURE_ENV])))
+    if capture is not None:
+        log.warning("capturing every request and answer into %s (--capture)", capture)
+        middlewares.insert(0, _capture_middleware(capture))
     app = web.Application(middlewares=middlewares, client_max_size=api.MAX_BODY)
     app[STORE] = store
     app[WINDOW] = window
@@ -448,6 +447,7 @@ class ServeConfig:
     window: int = auth.DEFAULT_WINDOW
     prune_interval: float = 30.0
     workers: int = 0  # re-encryption worker processes (0: in the event loop's process)
+    capture: Path | None = None  # tests only: every request and answer into this file (kfrags too)
 
 
 def _url(host: str, port: int) -> str:
@@ -487,7 +487,7 @@ async def serve(config: ServeConfig, ready: Callable[[str], None]) -> None:
             if existing is None or existing.role != "admin":
                 await store.put_user(_user_of(admin, "admin"), "bootstrap")
         pool = ReencryptPool(config.workers) if config.workers > 0 else None
-        runner = web.AppRunner(make_app(store, config.window, pool), access_log=None, handle_signals=False)
+        runner = web.AppRunner(make_app(store, config.window, pool, config.capture), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
         try:

@@ -1,5 +1,5 @@
 """Security of sharing end to end (issue 3, item 6): real CLI, real mounts, three real proxy
-processes that record every request and answer (proxy.service.server.CAPTURE_ENV).
+processes that record every request and answer (`umbrafs proxy serve --capture`).
 
 alice shares /projects/x with bob and /other with carol (2 of 3 proxies); bob mounts his share
 and reads it.  Then: (a) everything the proxies stored or received — their databases, every

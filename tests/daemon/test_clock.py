@@ -12,7 +12,10 @@ from wire.clock import write_clock_file
 
 PROBE = """
 import json, sys, time
-from wire.clock import now_ns
+from wire import clock
+from wire.clock import now_ns  # bound before the clock is chosen, as the mount's modules do
+if len(sys.argv) > 2:
+    clock.use_clock_file(sys.argv[2])
 out = [now_ns()]
 time.sleep(0.2)
 out.append(now_ns())
@@ -25,12 +28,11 @@ print(json.dumps(out))
 """
 
 
-def _probe(clock: Path | None, then=None) -> list[int]:  # type: ignore[no-untyped-def]
-    env = {k: v for k, v in os.environ.items() if k != "UMBRAFS_CLOCK_FILE"}
+def _probe(clock: Path | None, then=None, env: dict[str, str] | None = None) -> list[int]:  # type: ignore[no-untyped-def]
     marker = str(clock or Path(os.environ.get("TMPDIR", "/tmp")) / f"clockprobe{os.getpid()}")
-    if clock is not None:
-        env["UMBRAFS_CLOCK_FILE"] = str(clock)
-    proc = subprocess.Popen([sys.executable, "-c", PROBE, marker], env=env, stdout=subprocess.PIPE, text=True)
+    args = [marker] if clock is None else [marker, str(clock)]
+    proc = subprocess.Popen([sys.executable, "-c", PROBE, *args], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 30
     while not os.path.exists(marker + ".go"):
         assert time.monotonic() < deadline
@@ -44,9 +46,12 @@ def _probe(clock: Path | None, then=None) -> list[int]:  # type: ignore[no-untyp
     return json.loads(out)
 
 
-def test_real_time_without_a_clock_file() -> None:
+def test_real_time_without_a_clock_file(tmp_path: Path) -> None:
+    """No environment variable moves the clock (the old $UMBRAFS_CLOCK_FILE is not read)."""
+    planted = tmp_path / "clock.json"
+    write_clock_file(planted, 10**18)
     before = time.time_ns()
-    first, second, third = _probe(None)
+    first, second, third = _probe(None, env={"UMBRAFS_CLOCK_FILE": str(planted)})
     assert before <= first <= second <= third <= time.time_ns()
     assert second - first >= 150_000_000
 
@@ -67,11 +72,11 @@ def test_simulated_time_speed_and_a_moved_clock(tmp_path: Path) -> None:
 
 
 def test_a_damaged_clock_file_keeps_the_last_good_setting(tmp_path: Path) -> None:
-    from wire.clock import _FileClock
+    from wire.clock import FileClock
 
     clock = tmp_path / "clock.json"
     write_clock_file(clock, 10**18)
-    reader = _FileClock(str(clock))
+    reader = FileClock(str(clock))
     assert 10**18 <= reader.now_ns() < 10**18 + 60 * 10**9
     clock.write_text("{not json")
     time.sleep(0.02)
@@ -79,4 +84,4 @@ def test_a_damaged_clock_file_keeps_the_last_good_setting(tmp_path: Path) -> Non
     clock.unlink()
     time.sleep(0.02)
     assert 10**18 <= reader.now_ns() < 10**18 + 60 * 10**9
-    assert abs(_FileClock(str(tmp_path / "missing.json")).now_ns() - time.time_ns()) < 60 * 10**9
+    assert abs(FileClock(str(tmp_path / "missing.json")).now_ns() - time.time_ns()) < 60 * 10**9

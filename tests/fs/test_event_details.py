@@ -1,6 +1,6 @@
 """What the mount adds to its events, checked in the ledger of a real daemon: entropy,
 overwrite and size_before of access sessions, lock / unlock-mount events, and the
-simulated clock ($UMBRAFS_CLOCK_FILE) followed by both the mount and the daemon.
+simulated clock (umbrafs --clock-file) followed by both the mount and the daemon.
 """
 from __future__ import annotations
 
@@ -32,12 +32,11 @@ def test_event_details_and_the_clock(aenv: Env) -> None:
     env = aenv
     clock = env.tmp / "clock.json"
     write_clock_file(clock, BASE)
-    clocked = {"UMBRAFS_CLOCK_FILE": str(clock)}
-    env.run("daemon", "start", "--passphrase-file", env.passfile, env=clocked, check=True)
+    env.run("--clock-file", clock, "daemon", "start", "--passphrase-file", env.passfile, check=True)
     vault = env.init(env.tmp / "vault")
     mnt = env.tmp / "mnt"
     mnt.mkdir()
-    env.run("mount", vault, mnt, "--passphrase-file", env.passfile, "--audit", "required", env=clocked, check=True)
+    env.run("--clock-file", clock, "mount", vault, mnt, "--passphrase-file", env.passfile, "--audit", "required", check=True)
     pid = int(env.mount_record(mnt)["pid"])
     try:
         (mnt / "random.bin").write_bytes(os.urandom(300_000))

@@ -144,10 +144,10 @@ def test_limits_prune_the_oldest(env: Env, vault: Path) -> None:
     clock = env.tmp / "clock.json"
     start = time.time_ns()
     write_clock_file(clock, start)
-    env_vars = {"UMBRAFS_CLOCK_FILE": str(clock)}
     mountpoint = env.tmp / "mnt"
     mountpoint.mkdir()
-    env.run("mount", vault, mountpoint, "--passphrase-file", env.passfile, "--keep-versions", "210K,1d", env=env_vars, check=True)
+    env.run("--clock-file", clock, "mount", vault, mountpoint, "--passphrase-file", env.passfile, "--keep-versions", "210K,1d",
+            check=True)
     mount = Mount(env, vault, mountpoint, int(env.mount_record(mountpoint)["pid"]))
     try:
         for i in range(4):  # 4 x 64 KiB kept at "start"

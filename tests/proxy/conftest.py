@@ -38,7 +38,7 @@ class ProxyProc:
     admin_file: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
-    capture: bool = False  # record every request and answer (proxy.service.server.CAPTURE_ENV)
+    capture: bool = False  # record every request and answer (`umbrafs proxy serve --capture`)
     workers: int = 0       # `proxy serve --workers`
 
     @property
@@ -71,13 +71,12 @@ class ProxyProc:
 
     def _start_once(self) -> bool:
         env = {k: v for k, v in os.environ.items() if not k.startswith("UMBRAFS_")}
-        if self.capture:
-            env["UMBRAFS_PROXY_CAPTURE"] = str(self.capture_file)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*UMBRAFS, "--home", str(self.root / "home"), "proxy", "serve", "--port", str(self.port),
                  "--db", str(self.db), "--admin", str(self.admin_file), "--pidfile", str(self.pidfile),
-                 *(["--workers", str(self.workers)] if self.workers else [])],
+                 *(["--workers", str(self.workers)] if self.workers else []),
+                 *(["--capture", str(self.capture_file)] if self.capture else [])],
                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env,
             )
         assert self.proc.stdout is not None
@@ -155,7 +154,7 @@ _LOG_LINE = re.compile(
     r"^\S+ \S+ (INFO|WARNING) proxy\.service\.server: ("
     r"proxy listening on http://127\.0\.0\.1:\d+ \(database \S+\)"
     r"|proxy on http://127\.0\.0\.1:\d+ shutting down"
-    r"|capturing every request and answer into \S+ \(\$UMBRAFS_PROXY_CAPTURE\)"
+    r"|capturing every request and answer into \S+ \(--capture\)"
     r"|(GET|POST|DELETE) /\S* -> \d{3} \(([0-9a-f]{16}|-)\))$"
 )
 
