@@ -8,11 +8,21 @@ real mount, and check every byte of every file.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import os
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import PASSPHRASE, Env, Mount
+import pytest
+from hypothesis import event
+from hypothesis import strategies as st
+from hypothesis.stateful import initialize, rule
+
+from tests.conftest import PASSPHRASE, Env, Mount, live_mount, new_env
+from tests.fs import test_model as base
 from tests.fs.sync_peer import Peer
 
 ENTRY_TIMEOUT = 1.0  # the mount's default --cache-timeout
@@ -97,19 +107,6 @@ def test_open_files_replaced_by_another_device_keep_serving_their_own_object(env
 
 
 # -- a model: the mount and a plain directory, both changed behind their backs ----------
-
-import collections  # noqa: E402
-import itertools  # noqa: E402
-import stat  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-
-import pytest  # noqa: E402
-from hypothesis import event  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.stateful import initialize, rule  # noqa: E402
-
-from tests.conftest import live_mount, new_env  # noqa: E402
-from tests.fs import test_model as base  # noqa: E402
 
 
 @pytest.fixture(scope="module")
