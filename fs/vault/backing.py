@@ -14,6 +14,8 @@ import os
 import stat
 from collections.abc import Iterator
 
+from fs.errors import IntegrityError
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -82,12 +84,30 @@ def write_small_file(root_fd: int, rel: str, data: bytes, mode: int = 0o644) -> 
         os.close(fd)
 
 
-def read_small_file(root_fd: int, rel: str, limit: int = 1 << 16) -> bytes:
-    fd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+SMALL_FILE_MAX = 1 << 16  # sidecars, headers, journal records: anything larger is not ours
+
+
+def open_regular(root_fd: int, rel: str, flags: int = os.O_RDONLY) -> int:
+    """Open *rel* only if it is a regular file: a FIFO, socket or device that another writer
+    put where a sidecar or header belongs is refused at once (O_NONBLOCK: opening a FIFO
+    for reading would otherwise wait for a writer, and hold up the mount's one loop)."""
+    fd = os.open(rel, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=root_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IntegrityError(f"{rel}: not a regular file")
+    return fd
+
+
+def read_small_file(root_fd: int, rel: str, limit: int = SMALL_FILE_MAX) -> bytes:
+    """The whole of a small regular file; IntegrityError if it is something else or larger."""
+    fd = open_regular(root_fd, rel)
     try:
-        return os.read(fd, limit)
+        data = os.read(fd, limit + 1)
     finally:
         os.close(fd)
+    if len(data) > limit:
+        raise IntegrityError(f"{rel}: larger than {limit} bytes")
+    return data
 
 
 def unlink_quiet(root_fd: int, rel: str) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Any
 
 from fs.format import layout as fmt
 from fs.format import cryptocore as keys
-from fs.errors import NotAVault, UnsupportedFormat, VaultExists
+from fs.errors import IntegrityError, NotAVault, UnsupportedFormat, VaultExists
+from fs.vault import backing
 from fs.vault.headers import create_root
 
 log = logging.getLogger(__name__)
@@ -65,14 +68,37 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+CONFIG_MAX = 1 << 16
+
+
 def _write_config(path: Path, config: dict[str, Any]) -> None:
-    tmp = path / (fmt.VAULT_CONFIG_NAME + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path / fmt.VAULT_CONFIG_NAME)
+    """Atomically, through a fresh temp file: the vault dir is writable by others (a sync
+    peer, a recipient), so a fixed temp name could be a planted symlink to any file."""
+    data = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tmp = f".{fmt.VAULT_CONFIG_NAME}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        os.close(fd)
+        os.replace(tmp, fmt.VAULT_CONFIG_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_config_bytes(path: Path) -> bytes:
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return backing.read_small_file(dir_fd, fmt.VAULT_CONFIG_NAME, CONFIG_MAX)
+    finally:
+        os.close(dir_fd)
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -83,9 +109,13 @@ def read_config(path: Path) -> dict[str, Any]:
         raise NotAVault(f"{path}: not a directory")
     cfg_path = path / fmt.VAULT_CONFIG_NAME
     try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        config = json.loads(_read_config_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         raise NotAVault(f"{path}: not an umbrafs vault (no {fmt.VAULT_CONFIG_NAME})") from None
+    except OSError as exc:  # a symlink (ELOOP) or unreadable
+        raise NotAVault(f"{cfg_path}: cannot read ({os.strerror(exc.errno or 0)})") from None
+    except IntegrityError as exc:
+        raise NotAVault(f"{cfg_path}: damaged ({exc})") from None
     except (ValueError, UnicodeDecodeError):
         raise NotAVault(f"{cfg_path}: damaged (not JSON)") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
@@ -165,7 +195,21 @@ def unlock(path: Path, passphrase: bytes) -> UnlockedVault:
         kek = _kek(config, passphrase)
     except (KeyError, TypeError, ValueError):
         raise NotAVault(f"{path / fmt.VAULT_CONFIG_NAME}: damaged (bad key fields)") from None
-    return UnlockedVault(path, config, keys.unwrap_owner_key(kek, wrapped))
+    owner_key = keys.unwrap_owner_key(kek, wrapped)
+    _check_public_key(path, config, owner_key)
+    return UnlockedVault(path, config, owner_key)
+
+
+def _check_public_key(path: Path, config: dict[str, Any], owner_key: bytes) -> None:
+    """vault.json's public key names the vault in every audit event, anchor and policy, and
+    is in the clear: it must be the one of the key the passphrase unwrapped."""
+    import umbral_pre
+
+    actual = umbral_pre.SecretKey.from_be_bytes(owner_key).public_key().to_compressed_bytes().hex()
+    stated = config["owner"].get("public_key")
+    if not isinstance(stated, str) or not hmac.compare_digest(actual, stated):
+        raise IntegrityError(f"{path / fmt.VAULT_CONFIG_NAME}: the owner public key is not the vault's "
+                             "(vault.json was altered)")
 
 
 def change_passphrase(path: Path, old: bytes, new: bytes, kdf: KdfParams | None = None) -> None:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fs.format import layout as fmt
 from fs.format import cryptocore as keys
 from fs.errors import IntegrityError
+from fs.vault import backing
 from fs.format.names import NameCipher, b64decode, b64encode
 
 
@@ -78,13 +79,9 @@ def write_dir_header(root_fd: int, dir_rel: str, parent: DirKeys, mode: int = 0o
 
 def read_dir_header(root_fd: int, dir_rel: str) -> fmt.Header:
     try:
-        fd = os.open(_header_rel(dir_rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+        data = backing.read_small_file(root_fd, _header_rel(dir_rel), 4096)
     except FileNotFoundError:
         raise IntegrityError("directory header missing") from None
-    try:
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
     return fmt.parse_header(data, fmt.KIND_DIR)
 
 
