@@ -160,10 +160,12 @@ def show(state: State, where: Path, as_json: bool) -> None:
         doc: dict[str, Any] = {**policy_mod.Policy().to_dict(), "vault": str(vault), "valid": True}
     else:
         try:
-            pol, _ = policy_mod.verify(vault, path.read_bytes())
+            pol, _ = policy_mod.verify(vault, policy_mod.read_regular(path, policy_mod.MAX_FILE))
             doc = {**pol.to_dict(), "vault": str(vault), "valid": True}
         except policy_mod.PolicyError as exc:
             doc = {"vault": str(vault), "valid": False, "error": str(exc)}
+        except OSError as exc:
+            doc = {"vault": str(vault), "valid": False, "error": f"{path}: cannot read ({exc.strerror})"}
     if as_json:
         click.echo(json.dumps(doc, sort_keys=True))
         return

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import logging
 import os
+import secrets
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ ACTIONS = ("alert", "lock", "revoke", "unmount")
 DEFAULT_THRESHOLD = 700  # milli: see docs/anomaly.md (a window must also beat its baseline's worst)
 _CONTEXT = b"umbrafs-policy-v1\0"
 MAX_FILE = 4096
+CONFIG_MAX = 1 << 16  # vault.json
 
 
 class PolicyError(DaemonError):
@@ -68,7 +72,7 @@ def policy_path(vault: Path) -> Path:
 def _vault_key(vault: Path) -> tuple[bytes, str]:
     """The owner public key in vault.json and the vault id it gives."""
     try:
-        config = json.loads((Path(vault) / "vault.json").read_text(encoding="utf-8"))
+        config = json.loads(read_regular(Path(vault) / "vault.json", CONFIG_MAX))
         pk = bytes.fromhex(config["owner"]["public_key"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PolicyError(f"{vault}: cannot read the vault's owner key ({exc.__class__.__name__})") from None
@@ -98,11 +102,33 @@ def make(vault: Path, owner_key: bytes, on_anomaly: str, threshold: int) -> byte
 
 
 def write(vault: Path, data: bytes) -> Path:
+    """Atomically, through a fresh temp name: the vault dir is writable by others, and a
+    predictable temp name could be a planted symlink to any of the owner's files."""
     path = policy_path(vault)
-    tmp = path.with_name(f"{POLICY_NAME}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    tmp = path.with_name(f"{POLICY_NAME}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     return path
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """A small regular file, never a symlink, FIFO or device another writer put there
+    (a FIFO would hold up the daemon's loop waiting for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, "too large")
+    return data
 
 
 def verify(vault: Path, data: bytes) -> tuple[Policy, bytes]:
@@ -188,9 +214,7 @@ class PolicyStore:
         if stamp is None:
             return pinned or Policy()
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE + 1)
-            policy, pk = verify(Path(vault), data)
+            policy, pk = verify(Path(vault), read_regular(path, MAX_FILE))
         except (OSError, PolicyError) as exc:
             log.error("policy of %s not used: %s", vault, exc)
             return pinned or Policy()

@@ -119,3 +119,26 @@ def test_fifos_planted_for_sidecars_and_headers_do_not_hang_the_mount(mounted: M
     assert (m / "a" / "short").read_text() == "short name\n"
     assert sorted(os.listdir(m)) == ["a", "b", "c"]
     assert "not a regular file" in mounted.log()
+
+
+def test_policy_set_does_not_follow_planted_temp_symlinks(env: Env, vault: Path) -> None:
+    """Finding 8, the policy: its temp name was the pid's, so symlinks planted for the next
+    few hundred pids made `policy set` overwrite the file they point to."""
+    precious = env.tmp / "precious.txt"
+    precious.write_text("keep me\n")
+    last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    for pid in range(last + 1, last + 400):
+        (vault / f".umbrafs.policy.json.{pid}.tmp").symlink_to(precious)
+    env.run("policy", "set", vault, "--on-anomaly", "lock", "--passphrase-file", env.passfile, check=True)
+    assert precious.read_text() == "keep me\n"
+    shown = env.run("policy", "show", vault, check=True)
+    assert "on anomaly lock" in shown.stdout
+
+
+def test_a_fifo_for_the_policy_file_is_refused_at_once(env: Env, vault: Path) -> None:
+    """Finding 9, the policy: the daemon and `policy show` read it; a FIFO waited for a writer."""
+    os.mkfifo(vault / ".umbrafs.policy.json")
+    start = time.monotonic()
+    result = env.run("policy", "show", vault, timeout=20)
+    assert time.monotonic() - start < 10
+    assert result.returncode == 22 and "not a regular file" in result.stderr, result  # POLICY_INVALID
