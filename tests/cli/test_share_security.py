@@ -41,7 +41,7 @@ from proxy.keyring import Identity, parse_public
 from tests.cli.test_identity import one_line_error
 from tests.conftest import PASSPHRASE, Env, is_mounted, live_mount, new_env
 from tests.proxy.conftest import FAST_KDF as FAST_KDF_PARAMS
-from tests.proxy.conftest import ProxyProc, TamperingProxy, check_log, make_identity
+from tests.proxy.conftest import ProxyProc, TamperingProxy, make_identity, stop_all
 
 BOB_SECRET = "bob's own passphrase, not the vault's"
 
@@ -131,12 +131,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 w.bob_view = view.path
                 yield w
     finally:
-        for p in proxies:
-            if p.running:
-                assert p.stop() == 0
-            else:
-                p.kill()
-            check_log(p.log.read_text())
+        stop_all(proxies)
 
 
 # -- helpers: the vault's keys (alice's side) and its headers ----------------------------------------

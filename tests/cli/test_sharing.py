@@ -25,7 +25,7 @@ from proxy.client import ProxyClient
 from proxy.keyring import Identity, parse_public
 from tests.cli.test_identity import one_line_error
 from tests.conftest import FAST_KDF, Env, Mount, live_mount, new_env
-from tests.proxy.conftest import ProxyProc, check_log, make_identity
+from tests.proxy.conftest import ProxyProc, make_identity, stop_all
 
 
 @dataclass
@@ -100,12 +100,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             (m / "top.txt").write_text("root file\n")
             yield World(alice, bob, vault, m, proxies, tmp, admin)
     finally:
-        for p in proxies:
-            if p.running:
-                assert p.stop() == 0
-            else:
-                p.kill()
-            check_log(p.log.read_text())
+        stop_all(proxies)
 
 
 @pytest.fixture

@@ -166,6 +166,23 @@ def check_log(log: str) -> None:
         assert _LOG_LINE.match(line), line
 
 
+def stop_all(proxies: list[ProxyProc]) -> None:
+    """Stop every proxy by PID first (a failed check must not leave the others running),
+    then check that each exited cleanly on SIGTERM and logged nothing it should not."""
+    statuses = []
+    for p in proxies:
+        if p.running:
+            statuses.append((p, p.stop()))
+        else:
+            p.kill()
+    for p, status in statuses:
+        assert status == 0, f"proxy exited with {status} on SIGTERM:\n{p.log.read_text()}"
+    for p in proxies:
+        if p.proc is not None:
+            assert process_gone(p.pid)
+        check_log(p.log.read_text())
+
+
 @contextlib.contextmanager
 def running_cluster(root: Path, n: int = 3) -> Iterator[Cluster]:
     home = root / "home"
@@ -184,14 +201,7 @@ def running_cluster(root: Path, n: int = 3) -> Iterator[Cluster]:
                 admin.register(cluster.carol.public, "reader")
         yield cluster
     finally:
-        for p in proxies:
-            if p.running:
-                status = p.stop()
-                assert status == 0, f"proxy exited with {status} on SIGTERM:\n{p.log.read_text()}"
-            else:
-                p.kill()
-            assert process_gone(p.pid)
-            check_log(p.log.read_text())
+        stop_all(proxies)
 
 
 @pytest.fixture(scope="module")
