@@ -23,10 +23,17 @@ INFO_SYMLINKS = b"umbrafs v1 symlinks"
 INFO_XATTR_NAMES = b"umbrafs v1 xattr names"
 INFO_XATTR_VALUES = b"umbrafs v1 xattr values"
 OWNER_KEY_AAD = b"umbrafs v1 owner key"
+INFO_ROTATE_JOURNAL = b"umbrafs v1 rotation journal"
 
 
 def hkdf(key: bytes, info: bytes, length: int = fmt.KEY_LEN) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(key)
+
+
+def journal_key(root_wrap_key: bytes) -> bytes:
+    """MAC key of the rotation journal: it lies in the synced vault, and a replay of it writes
+    into files, so only the owner's key may vouch for what it says."""
+    return hkdf(root_wrap_key, INFO_ROTATE_JOURNAL)
 
 
 def new_key() -> bytes:

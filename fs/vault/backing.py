@@ -25,6 +25,47 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 IS_ROOT = os.geteuid() == 0
 
+_SYS_OPENAT2 = 437  # one number on every architecture (the syscall came after the unified table)
+_RESOLVE = 0x02 | 0x04 | 0x08  # RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
+_libc.syscall.restype = ctypes.c_long
+_DIR_WALK = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def safe_rel(rel: str) -> bool:
+    """A relative path below the vault root: no "..", no "." inside, not absolute, no empty part."""
+    return rel == "." or (not rel.startswith("/") and all(p and p not in (".", "..") for p in rel.split("/")))
+
+
+def open_beneath(root_fd: int, rel: str, flags: int, mode: int = 0) -> int:
+    """Open *rel* below *root_fd* following no symlink in ANY component (O_NOFOLLOW covers
+    only the last): for paths that come from state another writer could have made, such as
+    the rotation journal.  openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), or a walk one
+    component at a time where the kernel has no openat2."""
+    if not safe_rel(rel):
+        raise OSError(errno.EINVAL, "not a path below the vault", rel)
+    how = _OpenHow(flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, _RESOLVE)
+    fd = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(root_fd), rel.encode("utf-8", "surrogateescape"),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd >= 0:
+        return int(fd)
+    err = ctypes.get_errno()
+    if err not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter that predates openat2
+        raise OSError(err, os.strerror(err), rel)
+    *dirs, last = rel.split("/")
+    cur = os.dup(root_fd)
+    try:
+        for part in dirs:
+            nxt = os.open(part, _DIR_WALK, dir_fd=cur)
+            os.close(cur)
+            cur = nxt
+        return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=cur)
+    finally:
+        os.close(cur)
+
 
 def join(parent_rel: str, name: str) -> str:
     return name if parent_rel == "." else f"{parent_rel}/{name}"

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import time
 from pathlib import Path
 
 from fs.format import layout as fmt
-from tests.conftest import Env, Mount, force_unmount
+from tests.conftest import PASSPHRASE, Env, Mount, force_unmount, live_mount
 
 LONG = "n" * 200  # encrypted, longer than LONGNAME_MAX: stored as ~<hash> plus a sidecar
 
@@ -142,3 +143,88 @@ def test_a_fifo_for_the_policy_file_is_refused_at_once(env: Env, vault: Path) ->
     result = env.run("policy", "show", vault, timeout=20)
     assert time.monotonic() - start < 10
     assert result.returncode == 22 and "not a regular file" in result.stderr, result  # POLICY_INVALID
+
+
+# -- the rotation journal (.umbrafs.rotate/ in the synced vault) --------------------------
+
+_SKEL_PROFILE = b"# ~/.profile: executed by the command interpreter for login shells.\n"
+
+
+def _plant_journal(vault: Path, job: dict, redo: bytes) -> None:
+    journal = vault / ".umbrafs.rotate"
+    journal.mkdir(exist_ok=True)
+    (journal / "job.json").write_text(json.dumps(job))
+    (journal / "redo").write_bytes(redo)
+
+
+def _redo_body(rel: str, obj_id: bytes, off: int, data: bytes) -> bytes:
+    raw = rel.encode()
+    return (struct.pack(">I", 1) + struct.pack(">H", len(raw)) + raw + obj_id + struct.pack(">I", 1)
+            + struct.pack(">QI", off, len(data)) + data)
+
+
+def test_a_planted_redo_record_writes_nothing_on_the_next_mount(env: Env, vault: Path) -> None:
+    """Finding 1 (critical): a redo record naming ../victim made the owner's next mount write
+    chosen bytes into any file the owner can write (the review's ~/.profile proof), and one
+    naming a backing file inside the vault corrupts that file."""
+    victim = env.tmp / "victim-profile"  # beside the vault: reached by "../"
+    victim.write_bytes(_SKEL_PROFILE)
+    payload = b"echo PWNED-by-storage-attacker; #"
+    # the review's record, byte for byte: the old format with no checksum
+    old = _redo_body("../victim-profile", _SKEL_PROFILE[8:24], 0, payload)
+    _plant_journal(vault, {}, b"umbrafs-redo-1\n\0" + struct.pack(">QI4x", len(old), 0) + old)
+    mountpoint = env.tmp / "mnt"
+    with live_mount(env, vault, mountpoint) as m:
+        (m.path / "inside.txt").write_bytes(b"owner data\n")
+    assert victim.read_bytes() == _SKEL_PROFILE
+    # the current format, with a made-up job nonce and MAC: into the victim, and into a backing file
+    inside = next(p for p in vault.iterdir() if p.is_file() and "." not in p.name)
+    inside_before = inside.read_bytes()
+    job = {"format": "umbrafs-rotate", "version": 1, "kind": "dir", "target": ".", "object_id": "00" * 16,
+           "reason": "", "started": "2026-12-08T00:00:00Z", "nonce": "11" * 16, "mac": "22" * 32}
+    records = _redo_body("../victim-profile", _SKEL_PROFILE[8:24], 0, payload)
+    records += _redo_body(inside.name, inside_before[8:24], 400, payload)[4:]
+    records = struct.pack(">I", 2) + records[4:]
+    _plant_journal(vault, job, b"umbrafs-redo-2\n\0" + struct.pack(">Q", len(records)) + os.urandom(32) + records)
+    with live_mount(env, vault, mountpoint) as m:
+        assert (m.path / "inside.txt").read_bytes() == b"owner data\n"
+        log = m.log()
+    assert victim.read_bytes() == _SKEL_PROFILE
+    assert inside.read_bytes() == inside_before
+    assert "not acted on" in log
+
+
+def test_planted_journal_symlinks_are_not_followed_by_a_rotation(env: Env, vault: Path, tmp_path: Path) -> None:
+    """Finding 5: `.umbrafs.rotate` (or its `log`, `redo`, `job.json.tmp`) planted as a symlink
+    made the owner's next rotation write megabytes of ciphertext and log lines into its target."""
+    from fs.vault import config as vault_mod
+    from fs.vault import keywalk
+    from fs.vault.rotate import engine as rotate
+
+    with live_mount(env, vault, env.tmp / "mnt") as m:
+        (m.path / "d").mkdir()
+        (m.path / "d" / "big.bin").write_bytes(os.urandom(3 << 20))
+        (m.path / "d" / "small.txt").write_text("small\n")
+    precious = {name: tmp_path / f"precious-{name}" for name in ("log", "redo", "job.json")}
+    for path in precious.values():
+        path.write_bytes(b"keep me\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "log").symlink_to(precious["log"])
+    unlocked = vault_mod.unlock(vault, PASSPHRASE.encode())
+    target = keywalk.find(unlocked, "/d")
+    spec = rotate.TargetSpec(target.kind, target.backing_rel, target.obj_id)
+
+    (vault / ".umbrafs.rotate").symlink_to(outside)  # the directory itself
+    assert rotate.run_offline(vault, unlocked.root_wrap_key, spec).state == "done"
+    journal = vault / ".umbrafs.rotate"
+    journal.mkdir()  # then its files, in a real directory
+    for name, path in precious.items():
+        (journal / name).symlink_to(path)
+    assert rotate.run_offline(vault, unlocked.root_wrap_key, spec).state == "done"
+    for path in precious.values():
+        assert path.read_bytes() == b"keep me\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["log"]
+    with live_mount(env, vault, env.tmp / "mnt") as m:
+        assert len((m.path / "d" / "big.bin").read_bytes()) == 3 << 20
+        assert (m.path / "d" / "small.txt").read_text() == "small\n"

@@ -42,7 +42,7 @@ from fs.errors import IntegrityError, UmbrafsError
 from fs.vault.headers import DirKeys, owner_keys, read_dir_header, read_file_header, update_dir_slot, write_file_slot
 from fs.format.names import backing_name, is_long, is_reserved
 from fs.format.xattrs import PREFIX as XATTR_PREFIX
-from fs.vault.rotate.journal import JOURNAL_DIR, Journal, RotationError, _write_all
+from fs.vault.rotate.journal import JOURNAL_DIR, ForeignJournal, Journal, RotationError, _write_all
 
 __all__ = ["JOURNAL_DIR", "Hooks", "Journal", "Progress", "Renamed", "Rotation", "RotationError", "TargetSpec",
            "object_ids", "pending", "repair", "run_offline"]
@@ -59,6 +59,7 @@ LONGLINK_MIN = 3000
 CHUNK = 2 << 20
 _CHUNK_BLOCKS = CHUNK // fmt.CIPHER_BLOCK_SIZE or 1
 SMALL_MAX = CHUNK  # files up to this backing size are rewritten whole, in batches
+_MAX_BACKING = fmt.cipher_size(fmt.MAX_FILE_SIZE, fmt.FILE_HEADER_LEN)  # bound for a redo record's writes
 BATCH_FILES = 64
 _ZERO_CB = bytes(fmt.CIPHER_BLOCK_SIZE)
 _ZERO_NONCE = bytes(fmt.NONCE_LEN)
@@ -150,7 +151,7 @@ class Rotation:
             os.close(self.root_fd)
             self.root_fd = -1
             raise RotationError("another rotation of this vault is running") from None
-        self.journal = Journal(self.root_fd, self.durable)
+        self.journal = Journal(self.root_fd, self.root_wrap_key, self.durable)
 
     def close(self) -> None:
         if self.journal is not None:
@@ -177,7 +178,14 @@ class Rotation:
     def begin(self, target: TargetSpec, reason: str = "") -> None:
         """Write the journal of a new rotation (after finishing any pending one: see steps)."""
         if self._j.exists():
-            raise RotationError("a rotation is already pending in this vault: finish it first (umbrafs revoke --resume)")
+            try:
+                self._j.load()
+            except ForeignJournal as exc:  # planted, or left by another vault: not ours to finish
+                log.warning("%s; removed", exc)
+                self._j.remove()
+            else:
+                raise RotationError("a rotation is already pending in this vault: finish it first "
+                                    "(umbrafs revoke --resume)")
         self._j.create({
             "format": "umbrafs-rotate", "version": 1, "kind": target.kind, "target": target.backing_rel,
             "object_id": target.obj_id.hex(), "reason": reason,
@@ -190,6 +198,11 @@ class Rotation:
         """Replay a pending redo record and finish the directory whose names were being
         changed.  Cheap (bounded by one step).  False if no rotation is pending."""
         if not self._j.exists():
+            return False
+        try:
+            self._j.load()  # the job's nonce: what the log and the redo record must be bound to
+        except ForeignJournal as exc:
+            log.error("%s", exc)
             return False
         redo = self._j.read_redo()
         if redo:
@@ -208,15 +221,31 @@ class Rotation:
         return True
 
     def _apply(self, files: list[tuple[str, bytes, list[tuple[int, bytes]]]]) -> None:
+        """Replay an (authenticated) redo record; still only into regular files below the vault,
+        reached without following any symlink, that carry the recorded id, within the format's
+        largest size."""
         for rel, obj_id, extents in files:
+            if not backing.safe_rel(rel) or rel == "." or any(
+                    off < 0 or off + len(data) > _MAX_BACKING for off, data in extents):
+                log.error("rotation redo: a record for %r out of bounds was ignored", rel)
+                continue
             try:
-                with backing.owner_writable(self.root_fd, rel):
-                    fd = os.open(rel, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root_fd)
+                fd = backing.open_beneath(self.root_fd, rel, os.O_RDWR)
             except FileNotFoundError:
                 log.warning("rotation redo: %s is gone", rel)
                 continue
+            except PermissionError:  # the file's mode was read-only: the owner may change it
+                try:
+                    with backing.owner_writable(self.root_fd, rel):
+                        fd = backing.open_beneath(self.root_fd, rel, os.O_RDWR)
+                except OSError as exc:
+                    log.warning("rotation redo: %s not writable: %s", rel, exc)
+                    continue
+            except OSError as exc:  # ELOOP: a symlink on the way
+                log.error("rotation redo: %s not opened: %s", rel, exc)
+                continue
             try:
-                if os.pread(fd, fmt.FIXED_LEN, 0)[8:24] != obj_id:
+                if not stat.S_ISREG(os.fstat(fd).st_mode) or os.pread(fd, fmt.FIXED_LEN, 0)[8:24] != obj_id:
                     log.warning("rotation redo: %s is another file now", rel)
                     continue
                 for off, data in extents:
@@ -1025,7 +1054,7 @@ def pending(vault_path: os.PathLike[str] | str) -> dict[str, Any] | None:
     """The journal of a pending rotation (no key needed), or None."""
     fd = os.open(vault_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        journal = Journal(fd)
+        journal = Journal(fd, None)  # for display: not trusted
         return journal.load() if journal.exists() else None
     finally:
         os.close(fd)

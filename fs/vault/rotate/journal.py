@@ -4,27 +4,45 @@ job.json says what is being rotated, ``log`` what is done so far, ``redo`` the o
 that may be in flight.  None of it is secret (backing paths, object ids, inode numbers and
 ciphertext): every key a resumed rotation needs is in the headers.  Layout and the reasons each
 state is crash-safe: docs/format.md, "Rotation".
+
+But all of it lies in the synced vault, where a sync peer or a share recipient can write, and a
+replay writes into files and re-keys directories.  So every part is authenticated with HMAC-SHA256
+under a key derived from the owner's root wrap key (cryptocore.journal_key), bound to the job's
+random nonce: job.json carries a MAC, every log line carries one, the redo head carries one over
+its body.  What fails is not the owner's and is never acted on.  The directory and its files are
+opened through one descriptor, never following a symlink, and new files are made with O_EXCL.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import hmac
 import json
+import logging
 import os
+import secrets
+import stat
 import struct
-import zlib
 from typing import Any
 
 from fs.vault import backing
+from fs.format import cryptocore
 from fs.format import layout as fmt
 from fs.errors import UmbrafsError
+
+log = logging.getLogger(__name__)
 
 JOURNAL_DIR = ".umbrafs.rotate"
 JOB_NAME = "job.json"
 LOG_NAME = "log"
 REDO_NAME = "redo"
-_REDO_MAGIC = b"umbrafs-redo-1\n\0"  # 16 bytes
-_REDO_HEAD = struct.Struct(">16sQI4x")  # magic, body length, crc32 of the body (durable) or 0
+_REDO_MAGIC = b"umbrafs-redo-2\n\0"  # 16 bytes
+_REDO_HEAD = struct.Struct(">16sQ32s")  # magic, body length, HMAC of nonce + body
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LINE_TAG = 32  # hex digits of a log line's MAC (128 bits)
+JOB_MAX = 1 << 16
+LOG_MAX = 64 << 20  # one line per file: millions of files before this
 
 
 class RotationError(UmbrafsError):
@@ -34,83 +52,144 @@ class RotationError(UmbrafsError):
 class Journal:
     """``.umbrafs.rotate/`` in the vault root: job.json (what), log (done so far), redo (a pending write).
 
-    None of it is secret: backing paths, object ids, inode numbers, and ciphertext."""
+    None of it is secret: backing paths, object ids, inode numbers, and ciphertext.  *root_wrap_key*
+    authenticates it; without one (``pending`` for display) job.json is read but not trusted."""
 
-    def __init__(self, root_fd: int, durable: bool = False) -> None:
+    def __init__(self, root_fd: int, root_wrap_key: bytes | None, durable: bool = False) -> None:
         self.root_fd = root_fd
         self.durable = durable
+        self._key = cryptocore.journal_key(root_wrap_key) if root_wrap_key is not None else None
+        self._nonce = b""  # the job's, once created or loaded: binds log lines and redo records to it
+        self._dir_fd: int | None = None
         self._log_fd: int | None = None
         self._redo_fd: int | None = None
 
-    def _rel(self, name: str) -> str:
-        return f"{JOURNAL_DIR}/{name}"
+    # -- the directory: one descriptor, never a symlink, never someone else's ---------------
 
-    def _read(self, name: str) -> bytes:
-        fd = os.open(self._rel(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.root_fd)
-        try:
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                return f.read()
-        finally:
-            os.close(fd)
+    def _dir(self, create: bool = False) -> int:
+        if self._dir_fd is None:
+            if create:
+                self._drop_planted()
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(JOURNAL_DIR, 0o700, dir_fd=self.root_fd)
+            try:
+                fd = os.open(JOURNAL_DIR, _DIR_FLAGS, dir_fd=self.root_fd)
+            except OSError as exc:  # ELOOP/ENOTDIR: something else was planted under our name
+                if exc.errno == errno.ENOENT:
+                    raise
+                raise ForeignJournal(f"rotation journal {JOURNAL_DIR} is not a directory: not used") from None
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                os.close(fd)
+                raise ForeignJournal(f"rotation journal {JOURNAL_DIR} belongs to uid {st.st_uid}: not used")
+            self._dir_fd = fd
+        return self._dir_fd
+
+    def _drop_planted(self) -> None:
+        """A symlink or file where the journal directory belongs is not ours: remove it."""
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(os.lstat(JOURNAL_DIR, dir_fd=self.root_fd).st_mode):
+                log.warning("rotation journal: %s was not a directory; removed", JOURNAL_DIR)
+                os.unlink(JOURNAL_DIR, dir_fd=self.root_fd)
+
+    def _mac(self, kind: bytes, data: bytes) -> bytes:
+        if self._key is None:
+            raise RotationError("the rotation journal needs the vault's key")
+        return hmac.new(self._key, kind + b"\0" + self._nonce + data, hashlib.sha256).digest()
+
+    def _read(self, name: str, limit: int) -> bytes:
+        return backing.read_small_file(self._dir(), name, limit)
 
     def exists(self) -> bool:
+        """Something stands where a journal would (load tells whether it is ours)."""
         try:
-            os.lstat(self._rel(JOB_NAME), dir_fd=self.root_fd)
+            st = os.lstat(JOURNAL_DIR, dir_fd=self.root_fd)
+            if not stat.S_ISDIR(st.st_mode):
+                return True
+            os.lstat(JOB_NAME, dir_fd=self._dir())
         except FileNotFoundError:
             return False
+        except ForeignJournal:
+            return True
         return True
 
     def create(self, job: dict[str, Any]) -> None:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(JOURNAL_DIR, 0o700, dir_fd=self.root_fd)
-        _write_durable(self.root_fd, self._rel(JOB_NAME), json.dumps(job, sort_keys=True).encode() + b"\n")
+        dir_fd = self._dir(create=True)
+        for name in (LOG_NAME, REDO_NAME):  # left by a foreign or abandoned journal: never ours to reuse
+            backing.unlink_quiet(dir_fd, name)
+        self._nonce = secrets.token_bytes(16)
+        body = dict(job, nonce=self._nonce.hex())
+        mac = self._mac(b"job", _canonical(body)).hex()
+        _write_durable(dir_fd, JOB_NAME, json.dumps(dict(body, mac=mac), sort_keys=True).encode() + b"\n")
         _fsync_dir(self.root_fd, ".")
 
     def load(self) -> dict[str, Any]:
+        """job.json, checked against the vault's key (if this journal has it)."""
         try:
-            job = json.loads(backing.read_small_file(self.root_fd, self._rel(JOB_NAME)))
-        except (OSError, ValueError) as exc:
-            raise RotationError(f"rotation journal {JOURNAL_DIR}/{JOB_NAME} unreadable: {exc}") from None
+            job = json.loads(self._read(JOB_NAME, JOB_MAX))
+        except (OSError, ValueError, UmbrafsError) as exc:
+            raise ForeignJournal(f"rotation journal {JOURNAL_DIR}/{JOB_NAME} unreadable ({exc}): not acted on") from None
         if not isinstance(job, dict) or job.get("format") != "umbrafs-rotate" or job.get("version") != 1:
-            raise RotationError(f"rotation journal {JOURNAL_DIR}/{JOB_NAME}: unknown format")
+            raise ForeignJournal(f"rotation journal {JOURNAL_DIR}/{JOB_NAME}: unknown format, not acted on")
+        if self._key is not None:
+            mac, nonce = job.pop("mac", None), job.get("nonce")
+            try:
+                self._nonce = bytes.fromhex(nonce) if isinstance(nonce, str) else b""
+                claimed = bytes.fromhex(mac) if isinstance(mac, str) else b""
+            except ValueError:
+                claimed = b""
+            if len(self._nonce) != 16 or not hmac.compare_digest(claimed, self._mac(b"job", _canonical(job))):
+                self._nonce = b""
+                raise ForeignJournal(f"rotation journal {JOURNAL_DIR}/{JOB_NAME} was not written by this vault's "
+                                     "owner (failed authentication): not acted on")
         return job
 
     def append(self, line: str, sync: bool = True) -> None:
         if self._log_fd is None:
-            self._log_fd = os.open(self._rel(LOG_NAME), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                                   0o600, dir_fd=self.root_fd)
-        os.write(self._log_fd, line.encode("ascii") + b"\n")
+            self._log_fd = os.open(LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                   0o600, dir_fd=self._dir())
+        raw = line.encode("ascii")
+        tag = self._mac(b"log", raw).hex()[:_LINE_TAG]
+        os.write(self._log_fd, raw + b" " + tag.encode() + b"\n")
         if sync and self.durable:  # for a kill -9 the page cache is enough
             os.fdatasync(self._log_fd)
 
     def read_log(self) -> tuple[set[str], set[int], tuple[str, str] | None]:
-        """(directories done by id, file inodes done, the last directory started and not done)."""
+        """(directories done by id, file inodes done, the last directory started and not done).
+        Only lines this job wrote count: a cut line (a crash) or a foreign one is skipped."""
         dirs: set[str] = set()
         files: set[int] = set()
         started: tuple[str, str] | None = None
         try:
-            data = self._read(LOG_NAME)
+            data = self._read(LOG_NAME, LOG_MAX)
         except FileNotFoundError:
             return dirs, files, None
-        for raw in data.decode("ascii", "replace").splitlines():
-            parts = raw.split(" ", 2)
-            if len(parts) < 2:
-                continue  # a line cut by a crash
+        foreign = 0
+        for raw in data.split(b"\n"):
+            body, _, tag = raw.rpartition(b" ")
+            if not body:
+                continue
+            if not hmac.compare_digest(tag, self._mac(b"log", body).hex()[:_LINE_TAG].encode()):
+                foreign += 1
+                continue
+            parts = body.decode("ascii", "replace").split(" ", 2)
             if parts[0] == "dirstart" and len(parts) == 3:
                 started = (parts[1], parts[2])
-            elif parts[0] == "dirdone":
+            elif parts[0] == "dirdone" and len(parts) >= 2:
                 dirs.add(parts[1])
                 if started and started[0] == parts[1]:
                     started = None
-            elif parts[0] == "filedone" and parts[1].isdigit():
+            elif parts[0] == "filedone" and len(parts) >= 2 and parts[1].isdigit():
                 files.add(int(parts[1]))
+        if foreign > 1:  # one is a line cut by a crash
+            log.warning("rotation journal: %d log lines failed authentication and were ignored", foreign)
         return dirs, files, started
 
     # A redo record: a write that may span pages, recorded before it is applied in place.
     def write_redo(self, files: list[tuple[str, bytes, list[tuple[int, bytes]]]]) -> None:
         """Body first, then the head that makes it valid: one process's writes become visible in
-        order, so after a kill -9 a valid head means a whole body.  Durable mode also
-        fdatasyncs and checksums it (a power cut may persist the head and not all the body)."""
+        order, so after a kill -9 a valid head means a whole body.  The head's MAC covers the
+        body (a power cut may persist the head and not all of it); durable mode also fdatasyncs."""
         out: list[bytes] = [struct.pack(">I", len(files))]
         for rel, obj_id, extents in files:
             raw = rel.encode("utf-8", "surrogateescape")
@@ -118,35 +197,45 @@ class Journal:
             for off, data in extents:
                 out += [struct.pack(">QI", off, len(data)), data]
         length = sum(len(b) for b in out)
-        crc = 0
-        if self.durable:
-            for b in out:
-                crc = zlib.crc32(b, crc)
+        if self._key is None:
+            raise RotationError("the rotation journal needs the vault's key")
+        mac = hmac.new(self._key, b"redo\0" + self._nonce, hashlib.sha256)
+        for b in out:
+            mac.update(b)
         if self._redo_fd is None:
-            self._redo_fd = os.open(self._rel(REDO_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
-                                    dir_fd=self.root_fd)
+            self._redo_fd = os.open(REDO_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                    dir_fd=self._dir())
         fd = self._redo_fd
         pos = _REDO_HEAD.size
         for i in range(0, len(out), 512):  # IOV_MAX is 1024
             pos += _pwritev_all(fd, out[i : i + 512], pos)
         if self.durable:
             os.fdatasync(fd)
-        os.pwrite(fd, _REDO_HEAD.pack(_REDO_MAGIC, length, crc), 0)
+        os.pwrite(fd, _REDO_HEAD.pack(_REDO_MAGIC, length, mac.digest()), 0)
         if self.durable:
             os.fdatasync(fd)
 
     def read_redo(self) -> list[tuple[str, bytes, list[tuple[int, bytes]]]] | None:
-        """The pending redo record, or None (none, or cut short before its head was written:
-        then nothing of it was applied yet)."""
+        """The pending redo record, or None (none, cut short before its head was written: then
+        nothing of it was applied yet; or not this job's: then it is not ours to apply)."""
         try:
-            data = self._read(REDO_NAME)
+            fd = backing.open_regular(self._dir(), REDO_NAME)
         except FileNotFoundError:
             return None
-        if len(data) < _REDO_HEAD.size:
-            return None
-        magic, length, crc = _REDO_HEAD.unpack_from(data)
-        body = data[_REDO_HEAD.size : _REDO_HEAD.size + length]
-        if magic != _REDO_MAGIC or len(body) != length or (crc and zlib.crc32(body) != crc):
+        try:
+            head = os.pread(fd, _REDO_HEAD.size, 0)
+            if len(head) < _REDO_HEAD.size:
+                return None
+            magic, length, tag = _REDO_HEAD.unpack(head)
+            if magic != _REDO_MAGIC or length > os.fstat(fd).st_size - _REDO_HEAD.size:
+                if magic != bytes(16):
+                    log.warning("rotation journal: a redo record that is not ours was ignored")
+                return None
+            body = _pread_all(fd, length, _REDO_HEAD.size)
+        finally:
+            os.close(fd)
+        if not hmac.compare_digest(tag, self._mac(b"redo", body)):
+            log.warning("rotation journal: a redo record failed authentication and was ignored")
             return None
         pos = 0
         (count,), pos = struct.unpack_from(">I", body, pos), pos + 4
@@ -172,20 +261,24 @@ class Journal:
         # file's blocks allocated makes the next record cheaper, and ENOSPC cannot strike there.)
         if self._redo_fd is None:
             with contextlib.suppress(FileNotFoundError):
-                self._redo_fd = os.open(self._rel(REDO_NAME), os.O_RDWR | os.O_CLOEXEC, dir_fd=self.root_fd)
+                self._redo_fd = os.open(REDO_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir())
         if self._redo_fd is not None:
             os.pwrite(self._redo_fd, bytes(_REDO_HEAD.size), 0)
 
     def remove(self) -> None:
         self.close()
-        for name in (REDO_NAME, LOG_NAME, JOB_NAME):
-            backing.unlink_quiet(self.root_fd, self._rel(name))
+        with contextlib.suppress(OSError, RotationError):
+            dir_fd = self._dir()
+            for name in (REDO_NAME, LOG_NAME, JOB_NAME):
+                backing.unlink_quiet(dir_fd, name)
+        self.close()
         with contextlib.suppress(FileNotFoundError, OSError):
             os.rmdir(JOURNAL_DIR, dir_fd=self.root_fd)
+        self._drop_planted()
         _fsync_dir(self.root_fd, ".")
 
     def close(self) -> None:
-        for name in ("_log_fd", "_redo_fd"):
+        for name in ("_log_fd", "_redo_fd", "_dir_fd"):
             fd = getattr(self, name)
             if fd is not None:
                 os.close(fd)
@@ -207,16 +300,36 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
         mv, off = mv[n:], off + n
 
 
-def _write_durable(root_fd: int, rel: str, data: bytes, mode: int = 0o600) -> None:
-    """write new → fsync → rename: *rel* holds the old or the new bytes, never a mix."""
-    tmp = rel + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=root_fd)
+class ForeignJournal(RotationError):
+    """A journal in the vault that the owner's key did not write: never replayed."""
+
+
+def _canonical(job: dict[str, Any]) -> bytes:
+    return json.dumps(job, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _pread_all(fd: int, length: int, off: int) -> bytes:
+    parts, got = [], 0
+    while got < length:
+        chunk = os.pread(fd, length - got, off + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _write_durable(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """write new → fsync → rename: *name* holds the old or the new bytes, never a mix.
+    The temp name is fresh and made with O_EXCL: nothing planted is ever written through."""
+    tmp = f"{name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         _write_all(fd, data, 0)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.rename(tmp, rel, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def _fsync_dir(root_fd: int, rel: str) -> None:
