@@ -7,6 +7,12 @@ it says hello, and every few seconds the spools whose producer has died
 so a gap between what the ledger has and what arrives means events are still
 in the spool: they are read first, and a gap nothing fills is itself recorded
 (``spool-gap``) rather than hidden.
+
+Every client runs as the same user, and malware runs as the user too, so a client is not
+trusted to say whose events it sends (security review, finding 4): a source belongs to the
+process that first said hello with it, or to the pid of the live mount record that names it,
+and only that process may send its events; a jump in seq is taken only within what a lost
+spool could explain; the daemon's own operations are never accepted from a client.
 """
 from __future__ import annotations
 
@@ -40,11 +46,15 @@ from daemon.paths import (
     vault_anchor_path,
 )
 from wire.errors import DaemonError
+from wire.mountsock import find_by_source
+from wire.procfs import pid_alive
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 2.0
 NICENESS = 10
+DAEMON_OPS = frozenset({"anomaly", "daemon-start", "daemon-stop", "spool-gap"})  # only the daemon writes these
+MAX_GAP = 1 << 20  # events a mount could have lost from its spool; a larger jump would silence a source
 
 
 class Daemon:
@@ -57,7 +67,7 @@ class Daemon:
         self._seq = 0
         self._append_lock = asyncio.Lock()
         self._stop = asyncio.Event()
-        self._connected: dict[str, int] = {}  # source → peer pid
+        self._connected: dict[str, tuple[int, object]] = {}  # source → (peer pid, connection) sending its events
         self.started = time.time()
         from daemon.anomaly.detector import Detector  # numpy and the model load with the daemon, not with its clients
 
@@ -83,6 +93,8 @@ class Daemon:
                 await self._ingest_locked(source, last)
                 last = await self.ledger.last_seq(source)
                 fresh = [e for e in fresh if e.seq > last]
+            if fresh and fresh[0].seq - last > MAX_GAP:
+                raise protocol.ProtocolError(f"events of {source} jump from seq {last} to {fresh[0].seq}: refused")
             if fresh and fresh[0].seq != last + 1:
                 gap = self.own_event("spool-gap", detail={"source": source, "expected": last + 1, "got": fresh[0].seq})
                 log.warning("events %d..%d of source %s are lost", last + 1, fresh[0].seq - 1, source)
@@ -181,6 +193,7 @@ class Daemon:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         source: str | None = None
+        peer_pid = 0
         try:
             peer_pid, peer_uid = _peer(writer)
             if peer_uid not in (os.getuid(), 0):
@@ -196,7 +209,7 @@ class Daemon:
                     return
                 try:
                     message = protocol.decode(line)
-                    reply, source = await self._handle(message, source, peer_pid)
+                    reply, source = await self._handle(message, source, peer_pid, writer)
                 except (protocol.ProtocolError, EventError, DaemonError) as exc:
                     reply = {"type": "error", "message": str(exc)}
                 await _send(writer, reply)
@@ -205,31 +218,36 @@ class Daemon:
         except (ConnectionError, OSError) as exc:
             log.info("client went away: %s", exc)
         finally:
-            if source is not None:
+            if source is not None and self._connected.get(source) == (peer_pid, writer):
                 self._connected.pop(source, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle(self, message: dict[str, Any], source: str | None, peer_pid: int) -> tuple[dict[str, Any], str | None]:
+    async def _handle(self, message: dict[str, Any], source: str | None, peer_pid: int,
+                      conn: object = None) -> tuple[dict[str, Any], str | None]:
         kind = message["type"]
         if kind == "hello":
             new = message.get("source")
             if not isinstance(new, str) or not spool.is_source(new):
                 raise protocol.ProtocolError("hello needs a source of 16 hex digits")
-            self._connected[new] = peer_pid
+            self._bind(new, peer_pid, conn)
             await self.ingest(new)
             return {"type": "welcome", "last_seq": await self.ledger.last_seq(new)}, new
         if kind == "events":
             arrived = time.monotonic_ns()  # response times are measured from here
             if source is None:
                 raise protocol.ProtocolError("say hello first")
+            if self._connected.get(source, (0, None))[0] != peer_pid:
+                raise protocol.ProtocolError(f"source {source} is now another process's")
             raw = message.get("events")
             if not isinstance(raw, list) or len(raw) > protocol.MAX_BATCH:
                 raise protocol.ProtocolError(f"events must be a list of at most {protocol.MAX_BATCH}")
             events = [from_dict(item) for item in raw]
             if any(e.source != source for e in events):
                 raise protocol.ProtocolError("events of another source")
+            if any(e.op in DAEMON_OPS for e in events):
+                raise protocol.ProtocolError("events only the daemon records")
             events.sort(key=lambda e: e.seq)
             return {"type": "ack", "last_seq": await self.store(source, events, arrived)}, source
         if kind == "status":
@@ -246,6 +264,21 @@ class Daemon:
         if kind == "stop":
             return {"type": "stopping"}, source
         raise protocol.ProtocolError(f"unknown message type {kind!r}")
+
+
+    def _bind(self, source: str, peer_pid: int, conn: object) -> None:
+        """*source* is *peer_pid*'s: no other live process holds it, and no live mount record
+        names it for another pid.  Else refused: a same-uid process saying hello as a mount's
+        source could otherwise inject events in its name and, jumping its seq, silence it."""
+        holder = self._connected.get(source, (None, None))[0]
+        if holder not in (None, peer_pid) and pid_alive(holder):
+            log.warning("refused pid %d saying hello as source %s of pid %d", peer_pid, source, holder)
+            raise protocol.ProtocolError(f"source {source} is in use by pid {holder}")
+        record = find_by_source(self.home, source)
+        if record is not None and record.pid != peer_pid:
+            log.warning("refused pid %d saying hello as source %s of mount pid %d", peer_pid, source, record.pid)
+            raise protocol.ProtocolError(f"source {source} belongs to the mount of pid {record.pid}")
+        self._connected[source] = (peer_pid, conn)
 
 
 def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:

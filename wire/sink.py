@@ -163,7 +163,12 @@ class AuditSink:
         with self._lock:
             if last_seq <= self._acked:
                 return
-            self._acked = min(last_seq, self._seq)
+            if last_seq > self._seq:
+                # The daemon holds events of this source that it never sent: someone else
+                # spoke for it.  Its events stay in the spool, where they are not lost.
+                raise protocol.ProtocolError(f"the daemon acknowledged seq {last_seq}, beyond the {self._seq} "
+                                             "this source sent; keeping the spool")
+            self._acked = last_seq
             while self._queue and self._queue[0][0] <= self._acked:
                 self._queue.popleft()
             self._spool.discard_through(self._acked)
