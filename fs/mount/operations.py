@@ -25,6 +25,8 @@ from ledger.events import OPS
 from fs.vault import backing
 from fs.format import entropy
 from fs.format import layout as fmt
+from fs.format.links import LINK_MARKER_LEN, SYMLINK_MAX
+from fs.vault import entries
 from wire.sink import EventSink
 from fs.vault.backing import join
 from fs.vault.content import OpenFile
@@ -43,18 +45,13 @@ from fs.vault.headers import (
 )
 from fs.mount.inodes import InodeTable, Link, Node
 from fs.vault.keywalk import open_dir
-from fs.format.names import backing_name, is_long, is_reserved
+from fs.format.names import backing_name, is_reserved
 from fs.vault.versions import Limits, VersionStore, object_id_at
 from fs.format.xattrs import XattrCipher
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-SYMLINK_MAX = 4095
-# Encrypted symlink targets longer than this live in a sidecar file.
-LONGLINK_MIN = 3000
-_LINK_MARKER_LEN = 1 + 32  # "~" + base64url(24 random bytes)
 
 
 # Refused requests that go on the record (a missing name or a full directory is not news).
@@ -372,7 +369,7 @@ class Operations(pyfuse3.Operations):
         return attr
 
     def _link_size(self, st: os.stat_result, node: Node | None) -> int:
-        if st.st_size != _LINK_MARKER_LEN:
+        if st.st_size != LINK_MARKER_LEN:
             return max(st.st_size * 3 // 4 - fmt.BLOCK_OVERHEAD, 0)
         if node is None or not node.links:
             return 0
@@ -492,14 +489,6 @@ class Operations(pyfuse3.Operations):
             # already stripped what the caller may not have, so restore the rest.
             os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
 
-    def _write_longname(self, parent_rel: str, c_name: str, b_name: str) -> None:
-        if is_long(c_name):
-            backing.write_small_file(self.root_fd, join(parent_rel, b_name + fmt.LONGNAME_SUFFIX), c_name.encode("ascii"))
-
-    def _drop_longname(self, parent_rel: str, c_name: str, b_name: str) -> None:
-        if is_long(c_name):
-            backing.unlink_quiet(self.root_fd, join(parent_rel, b_name + fmt.LONGNAME_SUFFIX))
-
     # -- files: open state and key slots -------------------------------------
 
     def _dek_from(self, node: Node, header: fmt.Header) -> bytes:
@@ -609,25 +598,14 @@ class Operations(pyfuse3.Operations):
             if c_target and (not node.obj_id or c_target.encode("ascii", "replace") == node.obj_id):
                 break
             self._stale(node)
-        if c_target.startswith(fmt.LONGNAME_PREFIX):
-            parent_rel = self._rel(link.parent)
-            c_target = backing.read_small_file(self.root_fd, join(parent_rel, c_target + fmt.LONGLINK_SUFFIX)).decode("ascii")
-        return self._keys(link.parent).decrypt_link(c_target)
+        return entries.link_target(self.root_fd, self._rel(link.parent), c_target, self._keys(link.parent))
 
     def _make_symlink(self, parent: Node, b_name: str, target: bytes) -> None:
-        parent_rel = self._rel(parent)
-        c_target = self._keys(parent).encrypt_link(target)
-        if len(c_target) > LONGLINK_MIN:
-            marker = fmt.LONGNAME_PREFIX + os.urandom(16).hex()
-            backing.write_small_file(self.root_fd, join(parent_rel, marker + fmt.LONGLINK_SUFFIX), c_target.encode("ascii"))
-            c_target = marker
-        os.symlink(c_target, join(parent_rel, b_name), dir_fd=self.root_fd)
+        entries.make_symlink(self.root_fd, self._rel(parent), b_name, target, self._keys(parent))
 
     def _drop_longlink(self, rel: str, parent_rel: str, st: os.stat_result) -> None:
-        if stat.S_ISLNK(st.st_mode) and st.st_size == _LINK_MARKER_LEN and st.st_nlink <= 1:
-            marker = os.readlink(rel, dir_fd=self.root_fd)
-            if marker.startswith(fmt.LONGNAME_PREFIX):
-                backing.unlink_quiet(self.root_fd, join(parent_rel, marker + fmt.LONGLINK_SUFFIX))
+        if entries.may_have_sidecar(st):
+            entries.drop_link_sidecar(self.root_fd, parent_rel, rel)
 
     # -- lookup and attributes -------------------------------------------------
 
@@ -733,23 +711,18 @@ class Operations(pyfuse3.Operations):
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
-        self._write_longname(parent_rel, c_name, b_name)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             fd = os.open(rel, flags, stat.S_IMODE(mode), dir_fd=self.root_fd)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
-        try:
-            header, dek = new_header(fmt.KIND_FILE, self._keys(parent))
-            os.write(fd, header.pack())
-            self._chown_new(rel, parent, ctx)
-            node, attr = self._entry(parent, name, c_name, b_name, obj_id=header.obj_id)
-        except BaseException:
-            os.close(fd)
-            backing.unlink_quiet(self.root_fd, rel)
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
+            try:
+                header, dek = new_header(fmt.KIND_FILE, self._keys(parent))
+                os.write(fd, header.pack())
+                self._chown_new(rel, parent, ctx)
+                node, attr = self._entry(parent, name, c_name, b_name, obj_id=header.obj_id)
+            except BaseException:
+                os.close(fd)
+                backing.unlink_quiet(self.root_fd, rel)
+                raise
         if node.file is None:
             node.file = OpenFile(fd, header, dek)
         else:
@@ -788,12 +761,8 @@ class Operations(pyfuse3.Operations):
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
-        self._write_longname(parent_rel, c_name, b_name)
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             os.mknod(rel, mode, rdev, dir_fd=self.root_fd)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
         self._emit("mknod", ctx, lambda: self._plain_path(node), node)
@@ -806,21 +775,16 @@ class Operations(pyfuse3.Operations):
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
-        self._write_longname(parent_rel, c_name, b_name)
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             os.mkdir(rel, 0o700, dir_fd=self.root_fd)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
-        try:
-            keys = write_dir_header(self.root_fd, rel, self._keys(parent))
-            os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
-            self._chown_new(rel, parent, ctx, is_dir=True)
-        except BaseException:
-            backing.unlink_quiet(self.root_fd, join(rel, fmt.DIR_HEADER_NAME))
-            os.rmdir(rel, dir_fd=self.root_fd)
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
+            try:
+                keys = write_dir_header(self.root_fd, rel, self._keys(parent))
+                os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
+                self._chown_new(rel, parent, ctx, is_dir=True)
+            except BaseException:
+                backing.unlink_quiet(self.root_fd, join(rel, fmt.DIR_HEADER_NAME))
+                os.rmdir(rel, dir_fd=self.root_fd)
+                raise
         node, attr = self._entry(parent, name, c_name, b_name, parent_rel=parent_rel, obj_id=keys.dir_id)
         node.keys = keys
         self._emit("mkdir", ctx, lambda: self._plain_path(node), node)
@@ -834,12 +798,8 @@ class Operations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
-        self._write_longname(parent_rel, c_name, b_name)
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             self._make_symlink(parent, b_name, target)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
         rel = join(parent_rel, b_name)
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
@@ -859,8 +819,7 @@ class Operations(pyfuse3.Operations):
         dst_rel = join(parent_rel, b_name)
         if self._exists(dst_rel):
             raise pyfuse3.FUSEError(errno.EEXIST)
-        self._write_longname(parent_rel, c_name, b_name)
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             if node.fmt == stat.S_IFLNK and node.link_in(new_parent) is None:
                 # Symlink targets are encrypted under their directory's key: a link
                 # into another directory is a copy (documented in docs/format.md).
@@ -869,9 +828,6 @@ class Operations(pyfuse3.Operations):
                 if node.fmt == stat.S_IFREG and node.link_in(new_parent) is None:
                     self._add_file_slot(node, src_rel, new_parent)
                 os.link(src_rel, dst_rel, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd, follow_symlinks=False)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
         new_node, attr = self._entry(new_parent, new_name, c_name, b_name, obj_id=node.obj_id if node.fmt == stat.S_IFREG else b"")
         self._emit("link", ctx, lambda: self._plain_path(node), new_node, path2=lambda: self._child_path(new_parent, new_name))
         return attr
@@ -897,7 +853,7 @@ class Operations(pyfuse3.Operations):
                 rel, st, self._keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
                 self._child_path(parent, name))):
             os.unlink(rel, dir_fd=self.root_fd)
-        self._drop_longname(parent_rel, c_name, b_name)
+        entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
         self._emit("unlink", ctx, lambda: self._child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
@@ -937,7 +893,7 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             self._restore_dir_header(rel, saved)
             raise
-        self._drop_longname(parent_rel, c_name, b_name)
+        entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
         node = self._node_at(rel, st, dir_by_ino=True)
         self._emit("rmdir", ctx, lambda: self._child_path(parent, name), node)
         if node is not None:
@@ -1019,7 +975,7 @@ class Operations(pyfuse3.Operations):
             if st_dst is not None and not exchange and stat.S_ISDIR(st_dst.st_mode):
                 saved_header = self._empty_dir_header(rel_new)
             if not exchange:
-                self._write_longname(new_parent_rel, c_new, b_new)
+                entries.write_longname(self.root_fd, new_parent_rel, c_new, b_new)
             if st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and self.events is not None:
                 # The detector counts a file replaced by rename as destroyed (encrypt-to-new-name ransomware).
                 replaced = object_id_at(self.root_fd, rel_new, st_dst, dst).hex() or "?"
@@ -1035,7 +991,7 @@ class Operations(pyfuse3.Operations):
             if st_dst is not None and not exchange:
                 self._drop_longlink_after_overwrite(st_dst, new_parent_rel)
             if not exchange and b_old != b_new:
-                self._drop_longname(old_parent_rel, c_old, b_old)
+                entries.drop_longname(self.root_fd, old_parent_rel, c_old, b_old)
             if finish_src:
                 finish_src(rel_new)
             if finish_dst:
@@ -1065,25 +1021,9 @@ class Operations(pyfuse3.Operations):
 
     def _drop_longlink_after_overwrite(self, st_dst: os.stat_result, parent_rel: str) -> None:
         """A symlink replaced by rename may leave its long-target sidecar behind."""
-        if stat.S_ISLNK(st_dst.st_mode) and st_dst.st_size == _LINK_MARKER_LEN and st_dst.st_nlink <= 1:
+        if entries.may_have_sidecar(st_dst):
             # The marker is gone with the link; sweep sidecars no link points to.
-            self._sweep_longlinks(parent_rel)
-
-    def _sweep_longlinks(self, parent_rel: str) -> None:
-        entries = self._listdir(parent_rel)
-        markers = set()
-        sidecars = []
-        for entry in entries:
-            if entry.is_symlink():
-                try:
-                    markers.add(os.readlink(join(parent_rel, entry.name), dir_fd=self.root_fd))
-                except OSError:
-                    pass
-            elif entry.name.startswith(fmt.LONGNAME_PREFIX) and entry.name.endswith(fmt.LONGLINK_SUFFIX):
-                sidecars.append(entry.name)
-        for name in sidecars:
-            if name[: -len(fmt.LONGLINK_SUFFIX)] not in markers:
-                backing.unlink_quiet(self.root_fd, join(parent_rel, name))
+            entries.sweep_sidecars(self.root_fd, parent_rel)
 
     def _rename_symlink_across(
         self, src: Node | None, st_src: os.stat_result, old_parent: Node, new_parent: Node,
@@ -1096,11 +1036,8 @@ class Operations(pyfuse3.Operations):
             tmp_node.add_link(Link(old_parent, b"", c_old, b_old))
         target = self._readlink(tmp_node)
         new_parent_rel = self._rel(new_parent)
-        tmp_b = ".umbrafs.tmp." + os.urandom(8).hex()
-        self._make_symlink(new_parent, tmp_b, target)
-        self._write_longname(new_parent_rel, c_new, b_new)
-        if backing.IS_ROOT:
-            os.chown(join(new_parent_rel, tmp_b), st_src.st_uid, st_src.st_gid, dir_fd=self.root_fd, follow_symlinks=False)
+        tmp_b = entries.make_temp_symlink(self.root_fd, new_parent_rel, target, self._keys(new_parent), st_src)
+        entries.write_longname(self.root_fd, new_parent_rel, c_new, b_new)
         if st_dst is not None and stat.S_ISDIR(st_dst.st_mode):
             backing.unlink_quiet(self.root_fd, join(new_parent_rel, tmp_b))
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -1109,7 +1046,7 @@ class Operations(pyfuse3.Operations):
             self._drop_longlink_after_overwrite(st_dst, new_parent_rel)
         self._drop_longlink(rel_old, self._rel(old_parent), st_src)
         os.unlink(rel_old, dir_fd=self.root_fd)
-        self._drop_longname(self._rel(old_parent), c_old, b_old)
+        entries.drop_longname(self.root_fd, self._rel(old_parent), c_old, b_old)
         if src is not None:
             # New backing object, new inode number: the kernel must look it up again.
             src.links = []
@@ -1254,19 +1191,16 @@ class Operations(pyfuse3.Operations):
         keys = self._keys(node)
         rel = self._dir_rel(node)
         names = [entry.name for entry in self._listdir(rel)]
-        entries: list[tuple[bytes, str, str]] = []
+        listing: list[tuple[bytes, str, str]] = []
         for b_name in names:
             if is_reserved(b_name):
                 continue
             try:
-                if b_name.startswith(fmt.LONGNAME_PREFIX):
-                    c_name = backing.read_small_file(self.root_fd, join(rel, b_name + fmt.LONGNAME_SUFFIX)).decode("ascii")
-                else:
-                    c_name = b_name
-                entries.append((keys.names.decrypt(c_name), c_name, b_name))
+                c_name = entries.read_c_name(self.root_fd, rel, b_name)
+                listing.append((keys.names.decrypt(c_name), c_name, b_name))
             except (IntegrityError, OSError, UnicodeDecodeError) as exc:
                 log.error("integrity: undecryptable name %s in backing dir %s: %s", b_name, rel, exc)
-        return self._add_handle(_DirHandle(node, entries))
+        return self._add_handle(_DirHandle(node, listing))
 
     @_fuse
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
