@@ -30,7 +30,8 @@ from fs.format import entropy
 from fs.vault.content import previous_dek
 from fs.errors import UmbrafsError
 from fs.vault.headers import DirKeys, read_file_header
-from fs.mount.operations import Operations, _DirHandle, _Handle
+from fs.mount.handles import DirHandle, FileHandle
+from fs.mount.operations import Operations
 from fs.mount.singlefile import SharedFile, SingleFileOperations
 from fs.vault.versions import versions_key
 
@@ -127,11 +128,11 @@ def drop(ops: Operations) -> Dropped:
         node.xattr = None
         if node.file is not None:
             _forget_open_file_key(node.file, dropped)
-    for handle in ops._handles.values():
-        if isinstance(handle, _Handle):
+    for handle in ops.handles:
+        if isinstance(handle, FileHandle):
             handle.path = ""
             entropy.scramble(handle.sample)
-        elif isinstance(handle, _DirHandle):
+        elif isinstance(handle, DirHandle):
             handle.entries = [(b"", c_name, b_name) for _, c_name, b_name in handle.entries]
     return dropped
 
@@ -160,16 +161,16 @@ def restore(ops: Operations, root: DirKeys, root_wrap_key: bytes | None = None) 
             except (pyfuse3.FUSEError, UmbrafsError, OSError) as exc:
                 log.info("unlock: an open file stays closed to I/O (%s)", exc)  # e.g. unlinked while locked
                 continue
-    for handle in ops._handles.values():
+    for handle in ops.handles:
         try:
-            if isinstance(handle, _Handle):
+            if isinstance(handle, FileHandle):
                 handle.path = ops._plain_path(handle.node) if ops.events is not None else ""
-            elif isinstance(handle, _DirHandle):
+            elif isinstance(handle, DirHandle):
                 names = ops._keys(handle.node).names
                 handle.entries = [(names.decrypt(c_name), c_name, b_name) for _, c_name, b_name in handle.entries]
         except (pyfuse3.FUSEError, UmbrafsError, OSError) as exc:
             log.info("unlock: an open handle could not be restored (%s)", exc)
-            if isinstance(handle, _DirHandle):
+            if isinstance(handle, DirHandle):
                 handle.entries = []
 
 

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from wire.clock import now_ns
 from ledger.events import OPS
 
 from fs.vault import backing
@@ -43,6 +42,7 @@ from fs.vault.headers import (
     write_dir_header,
     write_file_slot,
 )
+from fs.mount.handles import NO_PROGRESS, PROGRESS_BYTES, DirHandle, FileHandle, HandleTable, access_mode
 from fs.mount.inodes import InodeTable, Link, Node
 from fs.vault.keywalk import open_dir
 from fs.format.names import backing_name, is_reserved
@@ -59,9 +59,6 @@ _AUDITED = frozenset({"create", "mknod", "mkdir", "symlink", "unlink", "rmdir", 
 _AUDITED_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOSPC, errno.EDQUOT})
 # What a locked mount still serves (fs/mount/lockdown.py): nothing that needs a key or shows plaintext metadata.
 _LOCKED_OK = frozenset({"release", "releasedir", "forget", "statfs", "flush", "fsync"})
-# An open handle reports a "progress" event each time its byte count crosses another step (long sessions).
-PROGRESS_BYTES = 4 << 20
-_NO_PROGRESS = 1 << 62
 
 
 def _fuse(func: F) -> F:
@@ -88,41 +85,6 @@ def _fuse(func: F) -> F:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-class _Handle:
-    """An open file: also the access session reported to the audit sink at release."""
-
-    __slots__ = ("node", "append", "bytes_read", "bytes_written", "reads", "writes", "uid", "pid", "path", "opened_ns", "flags",
-                 "size_before", "overwrite", "sample", "progress_at")
-
-    def __init__(self, node: Node, append: bool, ctx: pyfuse3.RequestContext, path: str, flags: int, size_before: int = 0) -> None:
-        self.node = node
-        self.append = append
-        self.bytes_read = self.bytes_written = self.reads = self.writes = 0
-        self.uid, self.pid = ctx.uid, ctx.pid
-        self.path = path
-        self.opened_ns = now_ns()
-        self.flags = flags
-        self.size_before = size_before
-        # The session replaces existing content (interface 2 of the audit events): O_TRUNC of
-        # a non-empty file here, or (set by write) a write at offset 0 into one.
-        self.overwrite = bool(flags & os.O_TRUNC) and size_before > 0
-        self.sample = bytearray()  # up to entropy.SAMPLE_MAX bytes of written plaintext
-        self.progress_at = PROGRESS_BYTES
-
-
-def _access_mode(flags: int) -> str:
-    mode = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "?")
-    return mode + ("+append" if flags & os.O_APPEND else "") + ("+trunc" if flags & os.O_TRUNC else "")
-
-
-class _DirHandle:
-    __slots__ = ("node", "entries")
-
-    def __init__(self, node: Node, entries: list[tuple[bytes, str, str]]) -> None:
-        self.node = node
-        self.entries = entries
 
 
 class Operations(pyfuse3.Operations):
@@ -169,8 +131,7 @@ class Operations(pyfuse3.Operations):
             self.inodes.root.keys = load_dir_keys(self.root_fd, ".", owner_keys(root_wrap_key))
         else:
             self.inodes.root.keys = root[1]
-        self._handles: dict[int, _Handle | _DirHandle] = {}
-        self._next_fh = 1
+        self.handles = HandleTable()
         self.initialized = trio.Event()
         # Previous versions (fs/vault/versions.py): owner mounts only (the area's key derives from the root wrap key).
         self.versions: VersionStore | None = None
@@ -193,7 +154,7 @@ class Operations(pyfuse3.Operations):
 
     def open_handles(self) -> list[int]:
         """The file handles open now (the versions area forgets the others' state)."""
-        return list(self._handles)
+        return self.handles.numbers()
 
     # -- helpers ------------------------------------------------------------
 
@@ -389,7 +350,7 @@ class Operations(pyfuse3.Operations):
         return node, self._attr(st, node)
 
     def _emit(
-        self, op: str, ctx: pyfuse3.RequestContext | _Handle | None, path: str | Callable[[], str],
+        self, op: str, ctx: pyfuse3.RequestContext | FileHandle | None, path: str | Callable[[], str],
         node: Node | None = None, *, path2: str | Callable[[], str] = "", result: int = 0,
         detail: dict[str, str | int | bool] | None = None, **counts: int,
     ) -> None:
@@ -421,7 +382,7 @@ class Operations(pyfuse3.Operations):
             self._send_event("setattr", ctx, path, node, detail={"changed": ",".join(sorted(changed)), "count": count})
 
     def _send_event(
-        self, op: str, ctx: pyfuse3.RequestContext | _Handle | None, path: str, node: Node | None = None, *,
+        self, op: str, ctx: pyfuse3.RequestContext | FileHandle | None, path: str, node: Node | None = None, *,
         path2: str = "", result: int = 0, detail: dict[str, str | int | bool] | None = None, **counts: int,
     ) -> None:
         assert self.events is not None
@@ -739,7 +700,7 @@ class Operations(pyfuse3.Operations):
         assert node.file is not None
         node.file.refs += 1
         path = self._child_path(parent, name) if self.events is not None else ""
-        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, 0))
+        fh = self.handles.add(FileHandle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, 0))
         self._emit("create", ctx, path, node)
         if self.versions is not None:  # no copy for a new file: a record, so restore can undo it
             self.versions.created(ctx.pid, ctx.uid, path or self._child_path(parent, name), node.file.file_id, fh, node.ino)
@@ -1053,18 +1014,6 @@ class Operations(pyfuse3.Operations):
 
     # -- file I/O -------------------------------------------------------------
 
-    def _add_handle(self, handle: _Handle | _DirHandle) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = handle
-        return fh
-
-    def _handle(self, fh: int) -> _Handle:
-        handle = self._handles.get(fh)
-        if not isinstance(handle, _Handle):
-            raise pyfuse3.FUSEError(errno.EBADF)
-        return handle
-
     @_fuse
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
@@ -1083,7 +1032,7 @@ class Operations(pyfuse3.Operations):
             self._close_file(node)
             raise
         path = self._plain_path(node) if self.events is not None else ""
-        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, size_before))
+        fh = self.handles.add(FileHandle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, size_before))
         # An audited mount must see every read: pages the kernel kept from an earlier open would be
         # served without a READ, so the ledger (and the detector) would count 0 bytes — a baseline of
         # "reads nothing" and an exfiltration of cached files nobody sees.  Unaudited mounts keep them.
@@ -1091,7 +1040,7 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._handle(fh)
+        handle = self.handles.file(fh)
         of = handle.node.file
         assert of is not None
         try:
@@ -1105,10 +1054,10 @@ class Operations(pyfuse3.Operations):
             self._report_progress(handle, fh)
         return data
 
-    def _report_progress(self, handle: _Handle, fh: int) -> None:
+    def _report_progress(self, handle: FileHandle, fh: int) -> None:
         """A long session reports as it goes, so the daemon need not wait for release."""
         if not self._progress:
-            handle.progress_at = _NO_PROGRESS
+            handle.progress_at = NO_PROGRESS
             return
         done = handle.bytes_read + handle.bytes_written
         handle.progress_at = (done // PROGRESS_BYTES + 1) * PROGRESS_BYTES
@@ -1129,7 +1078,7 @@ class Operations(pyfuse3.Operations):
     @_fuse
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self._writable()
-        handle = self._handle(fh)
+        handle = self.handles.file(fh)
         of = handle.node.file
         assert of is not None
         if handle.append:
@@ -1153,23 +1102,23 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def flush(self, fh: int) -> None:
-        self._handle(fh)
+        self.handles.file(fh)
 
     @_fuse
     async def fsync(self, fh: int, datasync: bool) -> None:
-        of = self._handle(fh).node.file
+        of = self.handles.file(fh).node.file
         assert of is not None
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, of.fd)
 
     @_fuse
     async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if not isinstance(handle, _Handle):
+        handle = self.handles.pop(fh)
+        if not isinstance(handle, FileHandle):
             return
         if self.events is not None:
             # Re-reads served from the page cache never reach us: the size says what the session could see.
             detail: dict[str, str | int | bool] = {
-                "mode": _access_mode(handle.flags), "size": handle.node.file.size if handle.node.file else 0,
+                "mode": access_mode(handle.flags), "size": handle.node.file.size if handle.node.file else 0,
                 "size_before": handle.size_before, "fh": fh,
             }
             if handle.overwrite:
@@ -1200,13 +1149,11 @@ class Operations(pyfuse3.Operations):
                 listing.append((keys.names.decrypt(c_name), c_name, b_name))
             except (IntegrityError, OSError, UnicodeDecodeError) as exc:
                 log.error("integrity: undecryptable name %s in backing dir %s: %s", b_name, rel, exc)
-        return self._add_handle(_DirHandle(node, listing))
+        return self.handles.add(DirHandle(node, listing))
 
     @_fuse
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self._handles.get(fh)
-        if not isinstance(handle, _DirHandle):
-            raise pyfuse3.FUSEError(errno.EBADF)
+        handle = self.handles.dir(fh)
         node = handle.node
         rel = self._rel(node)
         for index in range(start_id, len(handle.entries)):
@@ -1225,13 +1172,11 @@ class Operations(pyfuse3.Operations):
 
     @_fuse
     async def releasedir(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        self.handles.pop(fh)
 
     @_fuse
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        handle = self._handles.get(fh)
-        if not isinstance(handle, _DirHandle):
-            raise pyfuse3.FUSEError(errno.EBADF)
+        handle = self.handles.dir(fh)
         fd = os.open(self._rel(handle.node), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fd)
         try:
             await trio.to_thread.run_sync(os.fsync, fd)
