@@ -164,7 +164,7 @@ def restore(ops: Operations, root: DirKeys, root_wrap_key: bytes | None = None) 
     for handle in ops.handles:
         try:
             if isinstance(handle, FileHandle):
-                handle.path = ops._plain_path(handle.node) if ops.events is not None else ""
+                handle.path = ops.inodes.plain_path(handle.node) if ops.events is not None else ""
             elif isinstance(handle, DirHandle):
                 names = ops._keys(handle.node).names
                 handle.entries = [(names.decrypt(c_name), c_name, b_name) for _, c_name, b_name in handle.entries]

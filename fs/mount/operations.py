@@ -12,14 +12,12 @@ import functools
 import logging
 import os
 import stat
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
-from ledger.events import OPS
 
 from fs.vault import backing
 from fs.format import entropy
@@ -42,7 +40,8 @@ from fs.vault.headers import (
     write_dir_header,
     write_file_slot,
 )
-from fs.mount.handles import NO_PROGRESS, PROGRESS_BYTES, DirHandle, FileHandle, HandleTable, access_mode
+from fs.mount.events import AUDITED, AUDITED_ERRORS, Audit
+from fs.mount.handles import DirHandle, FileHandle, HandleTable
 from fs.mount.inodes import InodeTable, Link, Node
 from fs.vault.keywalk import open_dir
 from fs.format.names import backing_name, is_reserved
@@ -54,9 +53,6 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-# Refused requests that go on the record (a missing name or a full directory is not news).
-_AUDITED = frozenset({"create", "mknod", "mkdir", "symlink", "unlink", "rmdir", "link", "rename", "setattr", "open"})
-_AUDITED_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOSPC, errno.EDQUOT})
 # What a locked mount still serves (fs/mount/lockdown.py): nothing that needs a key or shows plaintext metadata.
 _LOCKED_OK = frozenset({"release", "releasedir", "forget", "statfs", "flush", "fsync"})
 
@@ -69,8 +65,8 @@ def _fuse(func: F) -> F:
         try:
             return await func(self, *args)
         except pyfuse3.FUSEError as exc:
-            if func.__name__ in _AUDITED and exc.errno in _AUDITED_ERRORS:
-                self._refused(func.__name__, args, exc.errno)
+            if func.__name__ in AUDITED and exc.errno in AUDITED_ERRORS:
+                self.audit.refused(func.__name__, args, exc.errno)
             raise
         except IntegrityError as exc:
             log.error("integrity error in %s: %s", func.__name__, exc)
@@ -116,12 +112,10 @@ class Operations(pyfuse3.Operations):
             self.root_fd = open_dir(vault_path, root[0])
         self.read_only = read_only
         self.events = events  # None: no audit sink attached
-        # pid -> monotonic deadline: a proven `umbrafs restore` (fs/mount/control/restore.py), whose events
-        # are tagged so that the detector does not take the undoing for the attack.
-        self.restoring: dict[int, float] = {}
-        self._pending_setattr: list[Any] | None = None  # see _emit
         self.timeout = timeout
         self.inodes = InodeTable(os.fstat(self.root_fd).st_ino)
+        self.audit = Audit(events, self.inodes)
+        self.restoring = self.audit.restoring  # fs/mount/control/restore.py tags a proven restore's pid here
         if root is None:
             assert root_wrap_key is not None
             if not read_only:
@@ -139,11 +133,14 @@ class Operations(pyfuse3.Operations):
             self.versions = VersionStore(self.root_fd, root_wrap_key, versions)
         self.locked = False  # fs/mount/lockdown.py: keys dropped, requests refused
         self.locked_refusals = 0
-        self._progress = events is not None and "progress" in OPS
 
     def init(self) -> None:
         # Called by pyfuse3 when the kernel's INIT arrives: the mount is live.
         self.initialized.set()
+
+    def flush_events(self) -> None:
+        """Emit a held-back run of setattr events (fs/mount/tasks.py calls this every second)."""
+        self.audit.flush()
 
     def close(self) -> None:
         if self.events is not None:
@@ -183,13 +180,6 @@ class Operations(pyfuse3.Operations):
             node = link.parent
         parts.reverse()
         return "/".join(parts)
-
-    def _plain_path(self, node: Node) -> str:
-        parts = []
-        while node is not self.inodes.root and node.links:
-            parts.append(node.links[0].p_name.decode("utf-8", "surrogateescape"))
-            node = node.links[0].parent
-        return "/" + "/".join(reversed(parts))
 
     def _keys(self, node: Node) -> DirKeys:
         while node.keys is None:
@@ -348,87 +338,6 @@ class Operations(pyfuse3.Operations):
         st = self._lstat(rel)
         node = self.inodes.remember(st, Link(parent, p_name, c_name, b_name), count, obj_id or self._identity(rel, stat.S_IFMT(st.st_mode)))
         return node, self._attr(st, node)
-
-    def _emit(
-        self, op: str, ctx: pyfuse3.RequestContext | FileHandle | None, path: str | Callable[[], str],
-        node: Node | None = None, *, path2: str | Callable[[], str] = "", result: int = 0,
-        detail: dict[str, str | int | bool] | None = None, **counts: int,
-    ) -> None:
-        if self.events is None:
-            return
-        # Paths come as callables so that a mount without auditing never builds them.
-        path = path() if callable(path) else path
-        path2 = path2() if callable(path2) else path2
-        if op == "setattr" and result == 0 and detail is not None:
-            # tar, cp -p and the kernel's own time updates send 3-5 SETATTRs per file: one
-            # event per run of them on one path by one process, listing what changed.
-            key = (path, ctx.uid if ctx else 0, ctx.pid if ctx else 0)
-            pending = self._pending_setattr
-            if pending is not None and pending[0] == key:
-                pending[3] += 1
-                pending[4].update(detail["changed"].split(","))
-                return
-            self.flush_events()
-            self._pending_setattr = [key, ctx, node, 1, set(detail["changed"].split(","))]
-            return
-        self.flush_events()
-        self._send_event(op, ctx, path, node, path2=path2, result=result, detail=detail, **counts)
-
-    def flush_events(self) -> None:
-        """Emit a held-back run of setattr events (the mount calls this every second too)."""
-        pending, self._pending_setattr = self._pending_setattr, None
-        if pending is not None:
-            (path, _, _), ctx, node, count, changed = pending
-            self._send_event("setattr", ctx, path, node, detail={"changed": ",".join(sorted(changed)), "count": count})
-
-    def _send_event(
-        self, op: str, ctx: pyfuse3.RequestContext | FileHandle | None, path: str, node: Node | None = None, *,
-        path2: str = "", result: int = 0, detail: dict[str, str | int | bool] | None = None, **counts: int,
-    ) -> None:
-        assert self.events is not None
-        try:
-            file_id = ""
-            if node is not None:
-                if node.file is not None:
-                    file_id = node.file.file_id.hex()
-                elif node.keys is not None:
-                    file_id = node.keys.dir_id.hex()
-            pid = ctx.pid if ctx else 0
-            if self.restoring and pid in self.restoring:
-                if time.monotonic() < self.restoring[pid]:
-                    detail = {**(detail or {}), "restore": True}
-                else:
-                    del self.restoring[pid]
-            self.events.emit(
-                op, uid=ctx.uid if ctx else 0, pid=pid, path=path, path2=path2,
-                file_id=file_id, result=result, detail=detail, **counts,
-            )
-        except Exception:  # a sink must never take a request down
-            log.exception("event sink failed")
-
-    def _refused(self, op: str, args: tuple[Any, ...], code: int) -> None:
-        """Record a namespace change or open that was refused (EACCES, EROFS, EIO…)."""
-        if self.events is None:
-            return
-        try:
-            ctx = args[-1] if isinstance(args[-1], pyfuse3.RequestContext) else None
-            path2 = ""
-            if op == "rename":
-                path = self._child_path(self._node(args[0]), args[1])
-                path2 = self._child_path(self._node(args[2]), args[3])
-            elif op == "link":
-                path, path2 = self._plain_path(self._node(args[0])), self._child_path(self._node(args[1]), args[2])
-            elif op in ("setattr", "open"):
-                path = self._plain_path(self._node(args[0]))
-            else:
-                path = self._child_path(self._node(args[0]), args[1])
-        except pyfuse3.FUSEError:
-            return
-        self._emit(op, ctx, path, path2=path2, result=code)
-
-    def _child_path(self, parent: Node, name: bytes) -> str:
-        base = self._plain_path(parent)
-        return base.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
 
     def _chown_new(self, rel: str, parent: Node, ctx: pyfuse3.RequestContext, is_dir: bool = False) -> None:
         """As root, new entries belong to the caller (and a setgid dir's group)."""
@@ -615,7 +524,7 @@ class Operations(pyfuse3.Operations):
             of = self._open_file(node)
             try:
                 if self.versions is not None and attr.st_size < of.size:  # keep what the cut drops
-                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self._plain_path(node))
+                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self.inodes.plain_path(node))
                 of.truncate(attr.st_size)
             finally:
                 self._close_file(node)
@@ -635,7 +544,7 @@ class Operations(pyfuse3.Operations):
         changed = [name for name, on in (
             ("size", fields.update_size), ("mode", fields.update_mode), ("owner", fields.update_uid or fields.update_gid),
             ("atime", fields.update_atime), ("mtime", fields.update_mtime)) if on]
-        self._emit("setattr", ctx, lambda: self._plain_path(node), node, detail={"changed": ",".join(changed) or "none"})
+        self.audit.emit("setattr", ctx, lambda: self.inodes.plain_path(node), node, detail={"changed": ",".join(changed) or "none"})
         if node.file is not None:
             return self._attr(os.fstat(node.file.fd), node)
         rel = target if isinstance(target, str) else self._rel(node)
@@ -699,11 +608,11 @@ class Operations(pyfuse3.Operations):
         node, attr = self._new_file(parent, name, mode, ctx)
         assert node.file is not None
         node.file.refs += 1
-        path = self._child_path(parent, name) if self.events is not None else ""
+        path = self.inodes.child_path(parent, name) if self.events is not None else ""
         fh = self.handles.add(FileHandle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, 0))
-        self._emit("create", ctx, path, node)
+        self.audit.emit("create", ctx, path, node)
         if self.versions is not None:  # no copy for a new file: a record, so restore can undo it
-            self.versions.created(ctx.pid, ctx.uid, path or self._child_path(parent, name), node.file.file_id, fh, node.ino)
+            self.versions.created(ctx.pid, ctx.uid, path or self.inodes.child_path(parent, name), node.file.file_id, fh, node.ino)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), attr
 
     @_fuse
@@ -715,9 +624,9 @@ class Operations(pyfuse3.Operations):
             assert node.file is not None
             node.file.refs += 1
             if self.versions is not None:
-                self.versions.created(ctx.pid, ctx.uid, self._child_path(parent, name), node.file.file_id, 0, node.ino)
+                self.versions.created(ctx.pid, ctx.uid, self.inodes.child_path(parent, name), node.file.file_id, 0, node.ino)
             self._close_file(node)
-            self._emit("create", ctx, lambda: self._plain_path(node), node)
+            self.audit.emit("create", ctx, lambda: self.inodes.plain_path(node), node)
             return attr
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
@@ -726,7 +635,7 @@ class Operations(pyfuse3.Operations):
             os.mknod(rel, mode, rdev, dir_fd=self.root_fd)
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
-        self._emit("mknod", ctx, lambda: self._plain_path(node), node)
+        self.audit.emit("mknod", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
     @_fuse
@@ -748,7 +657,7 @@ class Operations(pyfuse3.Operations):
                 raise
         node, attr = self._entry(parent, name, c_name, b_name, parent_rel=parent_rel, obj_id=keys.dir_id)
         node.keys = keys
-        self._emit("mkdir", ctx, lambda: self._plain_path(node), node)
+        self.audit.emit("mkdir", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
     @_fuse
@@ -764,7 +673,7 @@ class Operations(pyfuse3.Operations):
         rel = join(parent_rel, b_name)
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
-        self._emit("symlink", ctx, lambda: self._plain_path(node), node)
+        self.audit.emit("symlink", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
     @_fuse
@@ -790,7 +699,7 @@ class Operations(pyfuse3.Operations):
                     self._add_file_slot(node, src_rel, new_parent)
                 os.link(src_rel, dst_rel, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd, follow_symlinks=False)
         new_node, attr = self._entry(new_parent, new_name, c_name, b_name, obj_id=node.obj_id if node.fmt == stat.S_IFREG else b"")
-        self._emit("link", ctx, lambda: self._plain_path(node), new_node, path2=lambda: self._child_path(new_parent, new_name))
+        self.audit.emit("link", ctx, lambda: self.inodes.plain_path(node), new_node, path2=lambda: self.inodes.child_path(new_parent, new_name))
         return attr
 
     # -- removing entries -----------------------------------------------------
@@ -812,10 +721,10 @@ class Operations(pyfuse3.Operations):
         # The last link of a regular file goes into the versions area instead (fs/vault/versions.py).
         if not (self.versions is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and self.versions.keep_unlinked(
                 rel, st, self._keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
-                self._child_path(parent, name))):
+                self.inodes.child_path(parent, name))):
             os.unlink(rel, dir_fd=self.root_fd)
         entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
-        self._emit("unlink", ctx, lambda: self._child_path(parent, name), node)
+        self.audit.emit("unlink", ctx, lambda: self.inodes.child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
 
@@ -856,7 +765,7 @@ class Operations(pyfuse3.Operations):
             raise
         entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
         node = self._node_at(rel, st, dir_by_ino=True)
-        self._emit("rmdir", ctx, lambda: self._child_path(parent, name), node)
+        self.audit.emit("rmdir", ctx, lambda: self.inodes.child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
             node.keys = None
@@ -967,10 +876,10 @@ class Operations(pyfuse3.Operations):
                 dst.add_link(Link(old_parent, name_old, c_old, b_old))
             elif dst.is_dir:
                 dst.keys = None
-        self._emit("rename", ctx, lambda: self._child_path(old_parent, name_old), src, path2=lambda: self._child_path(new_parent, name_new),
+        self.audit.emit("rename", ctx, lambda: self.inodes.child_path(old_parent, name_old), src, path2=lambda: self.inodes.child_path(new_parent, name_new),
                    detail={"replaced": replaced} if replaced else None)
         if self.versions is not None and not exchange:
-            self.versions.renamed(kept, ctx.pid, ctx.uid, self._child_path(old_parent, name_old), self._child_path(new_parent, name_new),
+            self.versions.renamed(kept, ctx.pid, ctx.uid, self.inodes.child_path(old_parent, name_old), self.inodes.child_path(new_parent, name_new),
                                   self.versions.object_id(rel_new, st_src, src), stat.S_ISDIR(st_src.st_mode))
         if src is not None:
             if cross and stat.S_ISLNK(st_src.st_mode):
@@ -1026,12 +935,12 @@ class Operations(pyfuse3.Operations):
         try:
             if flags & os.O_TRUNC:
                 if self.versions is not None and of.size:  # keep what the truncation drops
-                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self._plain_path(node))
+                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self.inodes.plain_path(node))
                 of.truncate(0)
         except BaseException:
             self._close_file(node)
             raise
-        path = self._plain_path(node) if self.events is not None else ""
+        path = self.inodes.plain_path(node) if self.events is not None else ""
         fh = self.handles.add(FileHandle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, size_before))
         # An audited mount must see every read: pages the kernel kept from an earlier open would be
         # served without a READ, so the ledger (and the detector) would count 0 bytes — a baseline of
@@ -1051,20 +960,8 @@ class Operations(pyfuse3.Operations):
         handle.reads += 1
         handle.bytes_read += len(data)
         if handle.bytes_read + handle.bytes_written >= handle.progress_at:
-            self._report_progress(handle, fh)
+            self.audit.report_progress(handle, fh)
         return data
-
-    def _report_progress(self, handle: FileHandle, fh: int) -> None:
-        """A long session reports as it goes, so the daemon need not wait for release."""
-        if not self._progress:
-            handle.progress_at = NO_PROGRESS
-            return
-        done = handle.bytes_read + handle.bytes_written
-        handle.progress_at = (done // PROGRESS_BYTES + 1) * PROGRESS_BYTES
-        self._emit(
-            "progress", handle, handle.path, handle.node, bytes_read=handle.bytes_read, bytes_written=handle.bytes_written,
-            reads=handle.reads, writes=handle.writes, opened_ns=handle.opened_ns, detail={"fh": fh},
-        )
 
     def _integrity(self, node: Node, exc: Exception) -> None:
         rel = "?"
@@ -1073,7 +970,7 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             pass
         log.error("integrity: backing file %s (inode %d): %s", rel, node.ino, exc)
-        self._emit("integrity", None, lambda: self._plain_path(node), node, result=errno.EIO)
+        self.audit.emit("integrity", None, lambda: self.inodes.plain_path(node), node, result=errno.EIO)
 
     @_fuse
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -1084,7 +981,7 @@ class Operations(pyfuse3.Operations):
         if handle.append:
             off = of.size
         if self.versions is not None and fh not in self.versions.kept_fh:  # copy before overwrite (fs/vault/versions.py)
-            self.versions.before_write(fh, of, off, buf, handle.pid, handle.uid, lambda: handle.path or self._plain_path(handle.node))
+            self.versions.before_write(fh, of, off, buf, handle.pid, handle.uid, lambda: handle.path or self.inodes.plain_path(handle.node))
         try:
             n = of.write(off, buf)
         except IntegrityError as exc:
@@ -1097,7 +994,7 @@ class Operations(pyfuse3.Operations):
         if len(handle.sample) < entropy.SAMPLE_MAX:
             entropy.add_sample(handle.sample, buf)
         if handle.bytes_read + handle.bytes_written >= handle.progress_at:
-            self._report_progress(handle, fh)
+            self.audit.report_progress(handle, fh)
         return n
 
     @_fuse
@@ -1115,20 +1012,7 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.pop(fh)
         if not isinstance(handle, FileHandle):
             return
-        if self.events is not None:
-            # Re-reads served from the page cache never reach us: the size says what the session could see.
-            detail: dict[str, str | int | bool] = {
-                "mode": access_mode(handle.flags), "size": handle.node.file.size if handle.node.file else 0,
-                "size_before": handle.size_before, "fh": fh,
-            }
-            if handle.overwrite:
-                detail["overwrite"] = True
-            if handle.bytes_written:
-                detail["entropy"] = entropy.milli_bits(handle.sample)
-            self._emit(
-                "access", handle, handle.path, handle.node, bytes_read=handle.bytes_read, bytes_written=handle.bytes_written,
-                reads=handle.reads, writes=handle.writes, opened_ns=handle.opened_ns, detail=detail,
-            )
+        self.audit.session_end(handle, fh)
         entropy.wipe(handle.sample)
         self._close_file(handle.node)
 
