@@ -184,28 +184,6 @@ def forget_cached_keys(ops: Operations) -> None:
 
 # -- a share recipient's single-file view -------------------------------------------
 
-_SINGLE_GATED = ("lookup", "getattr", "opendir", "readdir", "open", "read", "getxattr", "listxattr")
-
-
-def gate_single(ops: SingleFileOperations) -> None:
-    """SingleFileOperations has no request decorator: wrap its key-using handlers once."""
-    ops.locked = False  # type: ignore[attr-defined]
-    ops.locked_refusals = 0  # type: ignore[attr-defined]
-
-    def gated(name: str, func: Any) -> Any:
-        async def wrapper(*args: Any) -> Any:
-            if ops.locked:  # type: ignore[attr-defined]
-                if not (name == "getattr" and args[0] == pyfuse3.ROOT_INODE):
-                    ops.locked_refusals += 1  # type: ignore[attr-defined]
-                    raise pyfuse3.FUSEError(errno.EACCES)
-            return await func(*args)
-
-        return wrapper
-
-    for name in _SINGLE_GATED:
-        setattr(ops, name, gated(name, getattr(ops, name)))
-
-
 def drop_single(ops: SingleFileOperations) -> Dropped:
     dropped = Dropped(inodes=[pyfuse3.ROOT_INODE, pyfuse3.ROOT_INODE + 1])
     if ops.name:

@@ -2,22 +2,23 @@
 
 Handlers run inline on the trio loop (a backing syscall costs ~2 us and AES of
 a block ~4 us, far below the 40-110 us of a FUSE round trip); only fsync goes
-to a worker thread.  Only FUSEError may leave a handler: the `_fuse` decorator
-maps OSError to its errno, project errors to theirs, anything else to EIO.
+to a worker thread.  Only FUSEError may leave a handler: the `fuse` decorator
+(fs/mount/boundary.py, shared with the single-file view) maps OSError to its errno,
+project errors to theirs, anything else to EIO.  The work behind the handlers lives
+elsewhere: sidecars in fs/vault/entries.py, audit events in fs/mount/events.py,
+handles in fs/mount/handles.py.
 """
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pyfuse3
 import trio
-
 
 from fs.vault import backing
 from fs.format import entropy
@@ -40,7 +41,8 @@ from fs.vault.headers import (
     write_dir_header,
     write_file_slot,
 )
-from fs.mount.events import AUDITED, AUDITED_ERRORS, Audit
+from fs.mount.boundary import GatedOperations, fuse
+from fs.mount.events import Audit
 from fs.mount.handles import DirHandle, FileHandle, HandleTable
 from fs.mount.inodes import InodeTable, Link, Node
 from fs.vault.keywalk import open_dir
@@ -50,40 +52,8 @@ from fs.format.xattrs import XattrCipher
 
 log = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
-
-# What a locked mount still serves (fs/mount/lockdown.py): nothing that needs a key or shows plaintext metadata.
-_LOCKED_OK = frozenset({"release", "releasedir", "forget", "statfs", "flush", "fsync"})
-
-
-def _fuse(func: F) -> F:
-    @functools.wraps(func)
-    async def wrapper(self: "Operations", *args: Any) -> Any:
-        if self.locked:  # the one test a request pays for locking
-            self._refuse_locked(func.__name__, args)
-        try:
-            return await func(self, *args)
-        except pyfuse3.FUSEError as exc:
-            if func.__name__ in AUDITED and exc.errno in AUDITED_ERRORS:
-                self.audit.refused(func.__name__, args, exc.errno)
-            raise
-        except IntegrityError as exc:
-            log.error("integrity error in %s: %s", func.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except UmbrafsError as exc:
-            log.warning("%s: %s", func.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except OSError as exc:
-            raise pyfuse3.FUSEError(backing.errno_of(exc)) from None
-        except Exception:
-            log.exception("unexpected error in %s", func.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class Operations(pyfuse3.Operations):
+class Operations(GatedOperations):
     enable_writeback_cache = True
     # False (`mount --no-xattr`): getxattr answers ENOSYS, after which the kernel
     # stops sending GETXATTR for the whole mount, including the security.capability
@@ -257,11 +227,8 @@ class Operations(pyfuse3.Operations):
                 return rel
             self._stale(node)
 
-    def _refuse_locked(self, name: str, args: tuple[Any, ...]) -> None:
-        if name in _LOCKED_OK or (name == "getattr" and args[0] == pyfuse3.ROOT_INODE):
-            return  # closing, forgetting and the root's (ciphertext) attributes need no key
-        self.locked_refusals += 1
-        raise pyfuse3.FUSEError(errno.EACCES)
+    def record_refusal(self, name: str, args: tuple[Any, ...], code: int) -> None:
+        self.audit.refused(name, args, code)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -479,7 +446,7 @@ class Operations(pyfuse3.Operations):
 
     # -- lookup and attributes -------------------------------------------------
 
-    @_fuse
+    @fuse
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         if name == b".":
@@ -496,19 +463,19 @@ class Operations(pyfuse3.Operations):
             negative.entry_timeout = self.timeout
             return negative
 
-    @_fuse
+    @fuse
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
 
-    @_fuse
+    @fuse
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if node.file is not None:
             return self._attr(os.fstat(node.file.fd), node)
         return self._attr(self._locate(node, dir_by_ino=True)[1], node)
 
-    @_fuse
+    @fuse
     async def setattr(
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -554,7 +521,7 @@ class Operations(pyfuse3.Operations):
         self.inodes.confirmed(node, st)
         return self._attr(st, node)
 
-    @_fuse
+    @fuse
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         if node.fmt != stat.S_IFLNK:
@@ -565,7 +532,7 @@ class Operations(pyfuse3.Operations):
             self._integrity(node, exc)
             raise
 
-    @_fuse
+    @fuse
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         sv = os.statvfs(self.root_fd)
         data = pyfuse3.StatvfsData()
@@ -599,7 +566,7 @@ class Operations(pyfuse3.Operations):
             os.close(fd)
         return node, attr
 
-    @_fuse
+    @fuse
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -615,7 +582,7 @@ class Operations(pyfuse3.Operations):
             self.versions.created(ctx.pid, ctx.uid, path or self.inodes.child_path(parent, name), node.file.file_id, fh, node.ino)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), attr
 
-    @_fuse
+    @fuse
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         parent = self._node(parent_inode)
@@ -638,7 +605,7 @@ class Operations(pyfuse3.Operations):
         self.audit.emit("mknod", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
-    @_fuse
+    @fuse
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         parent = self._node(parent_inode)
@@ -660,7 +627,7 @@ class Operations(pyfuse3.Operations):
         self.audit.emit("mkdir", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
-    @_fuse
+    @fuse
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         if len(target) > SYMLINK_MAX:
@@ -676,7 +643,7 @@ class Operations(pyfuse3.Operations):
         self.audit.emit("symlink", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
-    @_fuse
+    @fuse
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         node = self._node(inode)
@@ -704,7 +671,7 @@ class Operations(pyfuse3.Operations):
 
     # -- removing entries -----------------------------------------------------
 
-    @_fuse
+    @fuse
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
         parent = self._node(parent_inode)
@@ -747,7 +714,7 @@ class Operations(pyfuse3.Operations):
             with backing.owner_writable(self.root_fd, rel):
                 backing.write_small_file(self.root_fd, join(rel, fmt.DIR_HEADER_NAME), data)
 
-    @_fuse
+    @fuse
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
         parent = self._node(parent_inode)
@@ -799,7 +766,7 @@ class Operations(pyfuse3.Operations):
             return finish
         return lambda new_rel: None
 
-    @_fuse
+    @fuse
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: pyfuse3.RequestContext
     ) -> None:
@@ -923,7 +890,7 @@ class Operations(pyfuse3.Operations):
 
     # -- file I/O -------------------------------------------------------------
 
-    @_fuse
+    @fuse
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
@@ -947,7 +914,7 @@ class Operations(pyfuse3.Operations):
         # "reads nothing" and an exfiltration of cached files nobody sees.  Unaudited mounts keep them.
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.events is None)
 
-    @_fuse
+    @fuse
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles.file(fh)
         of = handle.node.file
@@ -972,7 +939,7 @@ class Operations(pyfuse3.Operations):
         log.error("integrity: backing file %s (inode %d): %s", rel, node.ino, exc)
         self.audit.emit("integrity", None, lambda: self.inodes.plain_path(node), node, result=errno.EIO)
 
-    @_fuse
+    @fuse
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self._writable()
         handle = self.handles.file(fh)
@@ -997,17 +964,17 @@ class Operations(pyfuse3.Operations):
             self.audit.report_progress(handle, fh)
         return n
 
-    @_fuse
+    @fuse
     async def flush(self, fh: int) -> None:
         self.handles.file(fh)
 
-    @_fuse
+    @fuse
     async def fsync(self, fh: int, datasync: bool) -> None:
         of = self.handles.file(fh).node.file
         assert of is not None
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, of.fd)
 
-    @_fuse
+    @fuse
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
         if not isinstance(handle, FileHandle):
@@ -1018,7 +985,7 @@ class Operations(pyfuse3.Operations):
 
     # -- directories --------------------------------------------------------
 
-    @_fuse
+    @fuse
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
         keys = self._keys(node)
@@ -1035,7 +1002,7 @@ class Operations(pyfuse3.Operations):
                 log.error("integrity: undecryptable name %s in backing dir %s: %s", b_name, rel, exc)
         return self.handles.add(DirHandle(node, listing))
 
-    @_fuse
+    @fuse
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self.handles.dir(fh)
         node = handle.node
@@ -1054,11 +1021,11 @@ class Operations(pyfuse3.Operations):
                 break
             child.lookups += 1  # readdirplus: the kernel counts one lookup per entry sent
 
-    @_fuse
+    @fuse
     async def releasedir(self, fh: int) -> None:
         self.handles.pop(fh)
 
-    @_fuse
+    @fuse
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         handle = self.handles.dir(fh)
         fd = os.open(self._rel(handle.node), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fd)
@@ -1098,7 +1065,7 @@ class Operations(pyfuse3.Operations):
         if not name.startswith(b"user."):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
-    @_fuse
+    @fuse
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         if not self.enable_xattr:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
@@ -1108,7 +1075,7 @@ class Operations(pyfuse3.Operations):
         cipher = self._xattr(node)
         self._xattr_call(os.setxattr, node, cipher.backing_name(name), cipher.seal(name, value))
 
-    @_fuse
+    @fuse
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not self.enable_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking (see enable_xattr)
@@ -1128,7 +1095,7 @@ class Operations(pyfuse3.Operations):
             raise
         return cipher.open(name, sealed)
 
-    @_fuse
+    @fuse
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._node(inode)
         if node.fmt not in (stat.S_IFREG, stat.S_IFDIR) or not self.enable_xattr:
@@ -1141,7 +1108,7 @@ class Operations(pyfuse3.Operations):
                 names.append(p_name)
         return names
 
-    @_fuse
+    @fuse
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         if not self.enable_xattr:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
