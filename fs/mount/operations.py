@@ -87,11 +87,7 @@ class Operations(GatedOperations):
         self.audit = Audit(events, self.inodes)
         self.restoring = self.audit.restoring  # fs/mount/control/restore.py tags a proven restore's pid here
         if root is None:
-            assert root_wrap_key is not None
-            if not read_only:
-                from fs.vault.rotate.engine import repair  # a `revoke --rotate` cut short: finish its last step first
-
-                repair(vault_path, root_wrap_key)
+            assert root_wrap_key is not None  # a rotation cut short was repaired before (fs/mount/serve.py)
             self.inodes.root.keys = load_dir_keys(self.root_fd, ".", owner_keys(root_wrap_key))
         else:
             self.inodes.root.keys = root[1]
