@@ -147,13 +147,14 @@ class Operations(GatedOperations):
         parts.reverse()
         return "/".join(parts)
 
-    def _keys(self, node: Node) -> DirKeys:
+    def dir_keys(self, node: Node) -> DirKeys:
+        """The keys of directory *node*, loaded from its header (checked to be its own) when not cached."""
         while node.keys is None:
             if not node.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             if not node.links:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            parent_keys = self._keys(node.links[0].parent)
+            parent_keys = self.dir_keys(node.links[0].parent)
             try:
                 keys = load_dir_keys(self.root_fd, self._rel(node), parent_keys)
             except (IntegrityError, UnsupportedFormat) as exc:
@@ -214,7 +215,7 @@ class Operations(GatedOperations):
         changes ctime with every entry, so its id is read each time): before anything is
         created or listed in it.  Removing a name needs no such check: the name, encrypted
         under this directory's key, exists in no other directory."""
-        keys = self._keys(node)
+        keys = self.dir_keys(node)
         if node is self.inodes.root:
             return "."
         while True:
@@ -235,7 +236,7 @@ class Operations(GatedOperations):
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         if name in (b".", b"..") or b"/" in name or not name:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        c_name = self._keys(parent).names.encrypt(name)
+        c_name = self.dir_keys(parent).names.encrypt(name)
         return c_name, backing_name(c_name)
 
     def _lstat(self, rel: str) -> os.stat_result:
@@ -324,9 +325,10 @@ class Operations(GatedOperations):
 
     # -- files: open state and key slots -------------------------------------
 
-    def _dek_from(self, node: Node, header: fmt.Header) -> bytes:
+    def dek_from(self, node: Node, header: fmt.Header) -> bytes:
+        """The DEK in *header*, unwrapped by the key of a directory *node* is linked from."""
         for link in node.links:
-            keys = self._keys(link.parent)
+            keys = self.dir_keys(link.parent)
             if header.find_slot(keys.dir_id) is not None:
                 return keys.unwrap(header)
         raise IntegrityError("file has no key slot for any directory it is linked from")
@@ -358,7 +360,7 @@ class Operations(GatedOperations):
         if node.file is None:
             fd, header = self._open_backing(node)
             try:
-                node.file = OpenFile(fd, header, self._dek_from(node, header))
+                node.file = OpenFile(fd, header, self.dek_from(node, header))
             except BaseException as exc:
                 os.close(fd)
                 if isinstance(exc, (IntegrityError, UnsupportedFormat)):
@@ -379,7 +381,7 @@ class Operations(GatedOperations):
 
     def _add_file_slot(self, node: Node, rel: str, new_parent: Node) -> None:
         """Wrap the file's DEK for *new_parent* too (before linking or moving it there)."""
-        new_keys = self._keys(new_parent)
+        new_keys = self.dir_keys(new_parent)
         with backing.owner_writable(self.root_fd, rel):
             fd = backing.open_file(self.root_fd, rel, True)
             try:
@@ -389,7 +391,7 @@ class Operations(GatedOperations):
                 free = next((i for i, s in enumerate(header.slots) if s is None), None)
                 if free is None:
                     raise pyfuse3.FUSEError(errno.EMLINK)
-                dek = self._dek_from(node, header)
+                dek = self.dek_from(node, header)
                 write_file_slot(fd, free, new_keys.wrap(fmt.KIND_FILE, header.obj_id, dek))
             finally:
                 os.close(fd)
@@ -402,7 +404,7 @@ class Operations(GatedOperations):
             for entry in self._listdir(parent_rel):
                 if join(parent_rel, entry.name) != rel and not is_reserved(entry.name) and entry.inode() == ino:
                     return
-        dir_id = self._keys(parent).dir_id
+        dir_id = self.dir_keys(parent).dir_id
         with backing.owner_writable(self.root_fd, rel):
             fd = backing.open_file(self.root_fd, rel, True)
             try:
@@ -431,10 +433,10 @@ class Operations(GatedOperations):
             if c_target and (not node.obj_id or c_target.encode("ascii", "replace") == node.obj_id):
                 break
             self._stale(node)
-        return entries.link_target(self.root_fd, self._rel(link.parent), c_target, self._keys(link.parent))
+        return entries.link_target(self.root_fd, self._rel(link.parent), c_target, self.dir_keys(link.parent))
 
     def _make_symlink(self, parent: Node, b_name: str, target: bytes) -> None:
-        entries.make_symlink(self.root_fd, self._rel(parent), b_name, target, self._keys(parent))
+        entries.make_symlink(self.root_fd, self._rel(parent), b_name, target, self.dir_keys(parent))
 
     def _drop_longlink(self, rel: str, parent_rel: str, st: os.stat_result) -> None:
         if entries.may_have_sidecar(st):
@@ -548,7 +550,7 @@ class Operations(GatedOperations):
         with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             fd = os.open(rel, flags, stat.S_IMODE(mode), dir_fd=self.root_fd)
             try:
-                header, dek = new_header(fmt.KIND_FILE, self._keys(parent))
+                header, dek = new_header(fmt.KIND_FILE, self.dir_keys(parent))
                 os.write(fd, header.pack())
                 self._chown_new(rel, parent, ctx)
                 node, attr = self._entry(parent, name, c_name, b_name, obj_id=header.obj_id)
@@ -611,7 +613,7 @@ class Operations(GatedOperations):
         with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             os.mkdir(rel, 0o700, dir_fd=self.root_fd)
             try:
-                keys = write_dir_header(self.root_fd, rel, self._keys(parent))
+                keys = write_dir_header(self.root_fd, rel, self.dir_keys(parent))
                 os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
                 self._chown_new(rel, parent, ctx, is_dir=True)
             except BaseException:
@@ -683,7 +685,7 @@ class Operations(GatedOperations):
         node = self._node_at(rel, st)
         # The last link of a regular file goes into the versions area instead (fs/vault/versions.py).
         if not (self.versions is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and self.versions.keep_unlinked(
-                rel, st, self._keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
+                rel, st, self.dir_keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
                 self.inodes.child_path(parent, name))):
             os.unlink(rel, dir_fd=self.root_fd)
         entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
@@ -747,7 +749,7 @@ class Operations(GatedOperations):
             multi = st.st_nlink > 1
             return lambda new_rel: self._drop_file_slot(new_rel, old_parent, other_link_check=multi)
         if file_fmt == stat.S_IFDIR:
-            old_keys, new_keys = self._keys(old_parent), self._keys(new_parent)
+            old_keys, new_keys = self.dir_keys(old_parent), self.dir_keys(new_parent)
             header = read_dir_header(self.root_fd, rel)
             key = old_keys.unwrap(header)
             old_index = header.find_slot(old_keys.dir_id)
@@ -813,7 +815,7 @@ class Operations(GatedOperations):
                 # The detector counts a file replaced by rename as destroyed (encrypt-to-new-name ransomware).
                 replaced = object_id_at(self.root_fd, rel_new, st_dst, dst).hex() or "?"
             if self.versions is not None and st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and st_dst.st_nlink == 1:
-                kept = self.versions.before_replace(rel_new, st_dst, self._keys(new_parent), dst.file if dst is not None else None)
+                kept = self.versions.before_replace(rel_new, st_dst, self.dir_keys(new_parent), dst.file if dst is not None else None)
             try:
                 backing.renameat2(self.root_fd, rel_old, rel_new, flags & (backing.RENAME_EXCHANGE | backing.RENAME_NOREPLACE))
             except BaseException:
@@ -869,7 +871,7 @@ class Operations(GatedOperations):
             tmp_node.add_link(Link(old_parent, b"", c_old, b_old))
         target = self._readlink(tmp_node)
         new_parent_rel = self._rel(new_parent)
-        tmp_b = entries.make_temp_symlink(self.root_fd, new_parent_rel, target, self._keys(new_parent), st_src)
+        tmp_b = entries.make_temp_symlink(self.root_fd, new_parent_rel, target, self.dir_keys(new_parent), st_src)
         entries.write_longname(self.root_fd, new_parent_rel, c_new, b_new)
         if st_dst is not None and stat.S_ISDIR(st_dst.st_mode):
             backing.unlink_quiet(self.root_fd, join(new_parent_rel, tmp_b))
@@ -984,7 +986,7 @@ class Operations(GatedOperations):
     @fuse
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
-        keys = self._keys(node)
+        keys = self.dir_keys(node)
         rel = self._dir_rel(node)
         names = [entry.name for entry in self._listdir(rel)]
         listing: list[tuple[bytes, str, str]] = []
@@ -1035,7 +1037,7 @@ class Operations(GatedOperations):
     def _xattr(self, node: Node) -> XattrCipher:
         if node.xattr is None:
             if node.is_dir:
-                keys = self._keys(node)
+                keys = self.dir_keys(node)
                 node.xattr = XattrCipher(keys.key, keys.dir_id)
             elif node.fmt == stat.S_IFREG:
                 of = self._open_file(node)

@@ -73,6 +73,21 @@ class SingleFileOperations(GatedOperations):
     def init(self) -> None:
         self.initialized.set()
 
+    # -- for fs/mount/lockdown.py ---------------------------------------------------
+
+    def open_files(self) -> list[OpenFile]:
+        return [of for of, *_ in self._handles.values()]
+
+    def take_key(self) -> bytes:
+        """Lock: hand over the DEK (for wiping) and hide the name."""
+        dek, self._dek = self._dek, b""
+        self.name = b"\0"  # matches no lookup (a name never holds NUL)
+        return dek
+
+    def give_key(self, dek: bytes, name: bytes) -> None:
+        """Unlock: the DEK and the plaintext name again."""
+        self._dek, self.name = dek, name
+
     def close(self) -> None:
         for of, *_ in self._handles.values():
             os.close(of.fd)
