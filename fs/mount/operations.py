@@ -34,15 +34,13 @@ from fs.vault.headers import (
     load_dir_keys,
     new_header,
     owner_keys,
-    read_dir_header,
     read_file_header,
     read_obj_id,
-    update_dir_slot,
     write_dir_header,
-    write_file_slot,
 )
 from fs.mount.boundary import GatedOperations, fuse
 from fs.mount.events import Audit
+from fs.mount import namespace
 from fs.mount.handles import DirHandle, FileHandle, HandleTable
 from fs.mount.inodes import InodeTable, Link, Node
 from fs.vault.keywalk import open_dir
@@ -381,39 +379,11 @@ class Operations(GatedOperations):
 
     def _add_file_slot(self, node: Node, rel: str, new_parent: Node) -> None:
         """Wrap the file's DEK for *new_parent* too (before linking or moving it there)."""
-        new_keys = self.dir_keys(new_parent)
-        with backing.owner_writable(self.root_fd, rel):
-            fd = backing.open_file(self.root_fd, rel, True)
-            try:
-                header = read_file_header(fd)
-                if header.find_slot(new_keys.dir_id) is not None:
-                    return
-                free = next((i for i, s in enumerate(header.slots) if s is None), None)
-                if free is None:
-                    raise pyfuse3.FUSEError(errno.EMLINK)
-                dek = self.dek_from(node, header)
-                write_file_slot(fd, free, new_keys.wrap(fmt.KIND_FILE, header.obj_id, dek))
-            finally:
-                os.close(fd)
+        namespace.add_file_slot(self.root_fd, rel, self.dir_keys(new_parent), lambda header: self.dek_from(node, header))
 
     def _drop_file_slot(self, rel: str, parent: Node, other_link_check: bool) -> None:
         """Remove the slot of *parent* unless another hard link still lives there."""
-        parent_rel = self._rel(parent)
-        if other_link_check:
-            ino = self._lstat(rel).st_ino
-            for entry in self._listdir(parent_rel):
-                if join(parent_rel, entry.name) != rel and not is_reserved(entry.name) and entry.inode() == ino:
-                    return
-        dir_id = self.dir_keys(parent).dir_id
-        with backing.owner_writable(self.root_fd, rel):
-            fd = backing.open_file(self.root_fd, rel, True)
-            try:
-                header = read_file_header(fd)
-                index = header.find_slot(dir_id)
-                if index is not None and sum(s is not None for s in header.slots) > 1:
-                    write_file_slot(fd, index, None)
-            finally:
-                os.close(fd)
+        namespace.drop_file_slot(self.root_fd, rel, self._rel(parent), lambda: self.dir_keys(parent).dir_id, other_link_check)
 
     # -- symlinks -----------------------------------------------------------
 
@@ -693,25 +663,6 @@ class Operations(GatedOperations):
         if node is not None:
             node.drop_link(parent, c_name)
 
-    def _empty_dir_header(self, rel: str) -> bytes:
-        """Check *rel* is logically empty; remove its header and return it (for undo)."""
-        for entry in self._listdir(rel):
-            if entry.name != fmt.DIR_HEADER_NAME:
-                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        header_rel = join(rel, fmt.DIR_HEADER_NAME)
-        try:
-            data = backing.read_small_file(self.root_fd, header_rel)
-        except FileNotFoundError:
-            return b""
-        with backing.owner_writable(self.root_fd, rel):
-            os.unlink(header_rel, dir_fd=self.root_fd)
-        return data
-
-    def _restore_dir_header(self, rel: str, data: bytes) -> None:
-        if data:
-            with backing.owner_writable(self.root_fd, rel):
-                backing.write_small_file(self.root_fd, join(rel, fmt.DIR_HEADER_NAME), data)
-
     @fuse
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
@@ -722,11 +673,11 @@ class Operations(GatedOperations):
         st = self._lstat(rel)
         if not stat.S_ISDIR(st.st_mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        saved = self._empty_dir_header(rel)
+        saved = namespace.empty_dir_header(self.root_fd, rel)
         try:
             os.rmdir(rel, dir_fd=self.root_fd)
         except BaseException:
-            self._restore_dir_header(rel, saved)
+            namespace.restore_dir_header(self.root_fd, rel, saved)
             raise
         entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
         node = self._node_at(rel, st, dir_by_ino=True)
@@ -749,19 +700,7 @@ class Operations(GatedOperations):
             multi = st.st_nlink > 1
             return lambda new_rel: self._drop_file_slot(new_rel, old_parent, other_link_check=multi)
         if file_fmt == stat.S_IFDIR:
-            old_keys, new_keys = self.dir_keys(old_parent), self.dir_keys(new_parent)
-            header = read_dir_header(self.root_fd, rel)
-            key = old_keys.unwrap(header)
-            old_index = header.find_slot(old_keys.dir_id)
-            free = next(i for i in range(len(header.slots)) if i != old_index)
-            with backing.owner_writable(self.root_fd, rel):
-                update_dir_slot(self.root_fd, rel, free, new_keys.wrap(fmt.KIND_DIR, header.obj_id, key))
-
-            def finish(new_rel: str) -> None:
-                with backing.owner_writable(self.root_fd, new_rel):
-                    update_dir_slot(self.root_fd, new_rel, old_index, None)  # type: ignore[arg-type]
-
-            return finish
+            return namespace.add_dir_slot(self.root_fd, rel, self.dir_keys(old_parent), self.dir_keys(new_parent))
         return lambda new_rel: None
 
     @fuse
@@ -808,7 +747,7 @@ class Operations(GatedOperations):
                 self._move_keys(dst, st_dst, rel_new, new_parent, old_parent) if cross and exchange and st_dst else None
             )
             if st_dst is not None and not exchange and stat.S_ISDIR(st_dst.st_mode):
-                saved_header = self._empty_dir_header(rel_new)
+                saved_header = namespace.empty_dir_header(self.root_fd, rel_new)
             if not exchange:
                 entries.write_longname(self.root_fd, new_parent_rel, c_new, b_new)
             if st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and self.events is not None:
@@ -819,7 +758,7 @@ class Operations(GatedOperations):
             try:
                 backing.renameat2(self.root_fd, rel_old, rel_new, flags & (backing.RENAME_EXCHANGE | backing.RENAME_NOREPLACE))
             except BaseException:
-                self._restore_dir_header(rel_new, saved_header)
+                namespace.restore_dir_header(self.root_fd, rel_new, saved_header)
                 if self.versions is not None:
                     self.versions.abort_replace(kept)
                 raise
