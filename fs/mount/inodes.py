@@ -120,6 +120,18 @@ class InodeTable:
     def __iter__(self) -> Iterator[Node]:
         return iter(list(self._nodes.values()))
 
+    def plain_path(self, node: Node) -> str:
+        """The plaintext path of *node* in the mount, by its first links (for events and versions)."""
+        parts = []
+        while node is not self.root and node.links:
+            parts.append(node.links[0].p_name.decode("utf-8", "surrogateescape"))
+            node = node.links[0].parent
+        return "/" + "/".join(reversed(parts))
+
+    def child_path(self, parent: Node, name: bytes) -> str:
+        """The plaintext path of entry *name* of directory *parent*."""
+        return self.plain_path(parent).rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
+
     def is_object(self, node: Node, st: os.stat_result, identity: Identity, dir_by_ino: bool = False) -> bool:
         """Whether *st* (and what *identity* reads) is the backing object *node* stands for.
 

@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fs.format import entropy
-from fs.vault.content import previous_dek
+from fs.format import layout as fmt
+from fs.vault.content import OpenFile, previous_dek
 from fs.errors import UmbrafsError
 from fs.vault.headers import DirKeys, read_file_header
-from fs.mount.operations import Operations, _DirHandle, _Handle
+from fs.mount.handles import DirHandle, FileHandle
+from fs.mount.inodes import Node
+from fs.mount.operations import Operations
 from fs.mount.singlefile import SharedFile, SingleFileOperations
-from fs.vault.versions import versions_key
 
 log = logging.getLogger(__name__)
 
@@ -87,34 +88,30 @@ def wipe_unreferenced(dropped: Dropped) -> None:
     keys.clear()
 
 
-def _nodes(ops: Operations) -> list[Any]:
+def _nodes(ops: Operations) -> list[Node]:
     return list(ops.inodes)
 
 
-def _forget_open_file_key(of: Any, dropped: Dropped) -> None:
+def _forget_open_file_key(of: OpenFile, dropped: Dropped) -> None:
     if of.dek:
         dropped.keys.append(of.dek)
     of.dek = b""
-    of._aead = NO_CIPHER
-    if getattr(of, "_prev", None) is not None:
-        of._prev = None  # the DEK before a rotation (fs/vault/rotate/engine.py): re-read from the header at unlock
+    # OpenFile (fs/vault/content.py) has no public way to drop its cipher yet: the two
+    # private fields are set here, the last reach-in into it.
+    of._aead = NO_CIPHER  # type: ignore[assignment]
+    of._prev = None  # the DEK before a rotation (fs/vault/rotate/engine.py): re-read from the header at unlock
 
 
-def _reopen_file_key(of: Any, header: Any, dek: bytes) -> None:
-    if hasattr(of, "rekey"):
-        of.rekey(header, dek, previous_dek(header, dek))
-    else:
-        of.dek, of._aead = dek, AESGCM(dek)
+def _reopen_file_key(of: OpenFile, header: fmt.Header, dek: bytes) -> None:
+    of.rekey(header, dek, previous_dek(header, dek))
 
 
 def drop(ops: Operations) -> Dropped:
     """Forget every key and plaintext name *ops* holds (ops.locked must already be True)."""
     ops.flush_events()  # a held-back setattr event carries a plaintext path
     dropped = Dropped()
-    versions = getattr(ops, "versions", None)
-    if versions is not None:
-        versions.flush()  # its journal is sealed under the versions key: write it out while there is one
-        versions._aead = NO_CIPHER
+    if ops.versions is not None:
+        ops.versions.forget_key(NO_CIPHER)
     for node in _nodes(ops):
         dropped.inodes.append(node.ino)
         for link in node.links:
@@ -127,11 +124,11 @@ def drop(ops: Operations) -> Dropped:
         node.xattr = None
         if node.file is not None:
             _forget_open_file_key(node.file, dropped)
-    for handle in ops._handles.values():
-        if isinstance(handle, _Handle):
+    for handle in ops.handles:
+        if isinstance(handle, FileHandle):
             handle.path = ""
             entropy.scramble(handle.sample)
-        elif isinstance(handle, _DirHandle):
+        elif isinstance(handle, DirHandle):
             handle.entries = [(b"", c_name, b_name) for _, c_name, b_name in handle.entries]
     return dropped
 
@@ -139,15 +136,14 @@ def drop(ops: Operations) -> Dropped:
 def restore(ops: Operations, root: DirKeys, root_wrap_key: bytes | None = None) -> None:
     """Put keys back after unlock: the root's now, the others lazily from headers; names and open files now."""
     ops.inodes.root.keys = root
-    versions = getattr(ops, "versions", None)
-    if versions is not None and root_wrap_key is not None:
-        versions._aead = AESGCM(versions_key(root_wrap_key))
+    if ops.versions is not None and root_wrap_key is not None:
+        ops.versions.set_key(root_wrap_key)
     for node in _nodes(ops):
         for link in list(node.links):
             if link.p_name or not link.c_name:
                 continue
             try:
-                link.p_name = ops._keys(link.parent).names.decrypt(link.c_name)
+                link.p_name = ops.dir_keys(link.parent).names.decrypt(link.c_name)
             except (pyfuse3.FUSEError, UmbrafsError, OSError) as exc:
                 # The parent went away or changed: the kernel looks the name up again.
                 log.info("unlock: a cached name could not be restored (%s)", exc)
@@ -156,20 +152,20 @@ def restore(ops: Operations, root: DirKeys, root_wrap_key: bytes | None = None) 
         if of is not None and not of.dek and stat.S_ISREG(node.fmt):
             try:
                 header = read_file_header(of.fd)
-                _reopen_file_key(of, header, ops._dek_from(node, header))
+                _reopen_file_key(of, header, ops.dek_from(node, header))
             except (pyfuse3.FUSEError, UmbrafsError, OSError) as exc:
                 log.info("unlock: an open file stays closed to I/O (%s)", exc)  # e.g. unlinked while locked
                 continue
-    for handle in ops._handles.values():
+    for handle in ops.handles:
         try:
-            if isinstance(handle, _Handle):
-                handle.path = ops._plain_path(handle.node) if ops.events is not None else ""
-            elif isinstance(handle, _DirHandle):
-                names = ops._keys(handle.node).names
+            if isinstance(handle, FileHandle):
+                handle.path = ops.inodes.plain_path(handle.node) if ops.events is not None else ""
+            elif isinstance(handle, DirHandle):
+                names = ops.dir_keys(handle.node).names
                 handle.entries = [(names.decrypt(c_name), c_name, b_name) for _, c_name, b_name in handle.entries]
         except (pyfuse3.FUSEError, UmbrafsError, OSError) as exc:
             log.info("unlock: an open handle could not be restored (%s)", exc)
-            if isinstance(handle, _DirHandle):
+            if isinstance(handle, DirHandle):
                 handle.entries = []
 
 
@@ -183,44 +179,22 @@ def forget_cached_keys(ops: Operations) -> None:
 
 # -- a share recipient's single-file view -------------------------------------------
 
-_SINGLE_GATED = ("lookup", "getattr", "opendir", "readdir", "open", "read", "getxattr", "listxattr")
-
-
-def gate_single(ops: SingleFileOperations) -> None:
-    """SingleFileOperations has no request decorator: wrap its key-using handlers once."""
-    ops.locked = False  # type: ignore[attr-defined]
-    ops.locked_refusals = 0  # type: ignore[attr-defined]
-
-    def gated(name: str, func: Any) -> Any:
-        async def wrapper(*args: Any) -> Any:
-            if ops.locked:  # type: ignore[attr-defined]
-                if not (name == "getattr" and args[0] == pyfuse3.ROOT_INODE):
-                    ops.locked_refusals += 1  # type: ignore[attr-defined]
-                    raise pyfuse3.FUSEError(errno.EACCES)
-            return await func(*args)
-
-        return wrapper
-
-    for name in _SINGLE_GATED:
-        setattr(ops, name, gated(name, getattr(ops, name)))
-
-
 def drop_single(ops: SingleFileOperations) -> Dropped:
     dropped = Dropped(inodes=[pyfuse3.ROOT_INODE, pyfuse3.ROOT_INODE + 1])
     if ops.name:
         dropped.entries.append((pyfuse3.ROOT_INODE, ops.name))
-    if ops._dek:
-        dropped.keys.append(ops._dek)
-    ops._dek = b""
-    ops.name = b"\0"  # matches no lookup (a name never holds NUL)
-    for of, *_ in ops._handles.values():
+    dek = ops.take_key()
+    if dek:
+        dropped.keys.append(dek)
+    del dek
+    for of in ops.open_files():
         _forget_open_file_key(of, dropped)
     return dropped
 
 
 def restore_single(ops: SingleFileOperations, shared: SharedFile) -> None:
-    ops._dek, ops.name = shared.dek, shared.name
-    for of, *_ in ops._handles.values():
+    ops.give_key(shared.dek, shared.name)
+    for of in ops.open_files():
         if not of.dek and of.file_id == shared.file_id:
             _reopen_file_key(of, of.header, shared.dek)
 

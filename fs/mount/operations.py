@@ -2,29 +2,29 @@
 
 Handlers run inline on the trio loop (a backing syscall costs ~2 us and AES of
 a block ~4 us, far below the 40-110 us of a FUSE round trip); only fsync goes
-to a worker thread.  Only FUSEError may leave a handler: the `_fuse` decorator
-maps OSError to its errno, project errors to theirs, anything else to EIO.
+to a worker thread.  Only FUSEError may leave a handler: the `fuse` decorator
+(fs/mount/boundary.py, shared with the single-file view) maps OSError to its errno,
+project errors to theirs, anything else to EIO.  The work behind the handlers lives
+elsewhere: sidecars in fs/vault/entries.py, audit events in fs/mount/events.py,
+handles in fs/mount/handles.py.
 """
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import stat
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pyfuse3
 import trio
 
-from wire.clock import now_ns
-from ledger.events import OPS
-
 from fs.vault import backing
 from fs.format import entropy
 from fs.format import layout as fmt
+from fs.format.links import LINK_MARKER_LEN, SYMLINK_MAX
+from fs.vault import entries
 from wire.sink import EventSink
 from fs.vault.backing import join
 from fs.vault.content import OpenFile
@@ -34,101 +34,24 @@ from fs.vault.headers import (
     load_dir_keys,
     new_header,
     owner_keys,
-    read_dir_header,
     read_file_header,
     read_obj_id,
-    update_dir_slot,
     write_dir_header,
-    write_file_slot,
 )
+from fs.mount.boundary import GatedOperations, fuse
+from fs.mount.events import Audit
+from fs.mount import namespace
+from fs.mount.handles import DirHandle, FileHandle, HandleTable
 from fs.mount.inodes import InodeTable, Link, Node
 from fs.vault.keywalk import open_dir
-from fs.format.names import backing_name, is_long, is_reserved
+from fs.format.names import backing_name, is_reserved
 from fs.vault.versions import Limits, VersionStore, object_id_at
 from fs.format.xattrs import XattrCipher
 
 log = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
-SYMLINK_MAX = 4095
-# Encrypted symlink targets longer than this live in a sidecar file.
-LONGLINK_MIN = 3000
-_LINK_MARKER_LEN = 1 + 32  # "~" + base64url(24 random bytes)
-
-
-# Refused requests that go on the record (a missing name or a full directory is not news).
-_AUDITED = frozenset({"create", "mknod", "mkdir", "symlink", "unlink", "rmdir", "link", "rename", "setattr", "open"})
-_AUDITED_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOSPC, errno.EDQUOT})
-# What a locked mount still serves (fs/mount/lockdown.py): nothing that needs a key or shows plaintext metadata.
-_LOCKED_OK = frozenset({"release", "releasedir", "forget", "statfs", "flush", "fsync"})
-# An open handle reports a "progress" event each time its byte count crosses another step (long sessions).
-PROGRESS_BYTES = 4 << 20
-_NO_PROGRESS = 1 << 62
-
-
-def _fuse(func: F) -> F:
-    @functools.wraps(func)
-    async def wrapper(self: "Operations", *args: Any) -> Any:
-        if self.locked:  # the one test a request pays for locking
-            self._refuse_locked(func.__name__, args)
-        try:
-            return await func(self, *args)
-        except pyfuse3.FUSEError as exc:
-            if func.__name__ in _AUDITED and exc.errno in _AUDITED_ERRORS:
-                self._refused(func.__name__, args, exc.errno)
-            raise
-        except IntegrityError as exc:
-            log.error("integrity error in %s: %s", func.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except UmbrafsError as exc:
-            log.warning("%s: %s", func.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except OSError as exc:
-            raise pyfuse3.FUSEError(backing.errno_of(exc)) from None
-        except Exception:
-            log.exception("unexpected error in %s", func.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class _Handle:
-    """An open file: also the access session reported to the audit sink at release."""
-
-    __slots__ = ("node", "append", "bytes_read", "bytes_written", "reads", "writes", "uid", "pid", "path", "opened_ns", "flags",
-                 "size_before", "overwrite", "sample", "progress_at")
-
-    def __init__(self, node: Node, append: bool, ctx: pyfuse3.RequestContext, path: str, flags: int, size_before: int = 0) -> None:
-        self.node = node
-        self.append = append
-        self.bytes_read = self.bytes_written = self.reads = self.writes = 0
-        self.uid, self.pid = ctx.uid, ctx.pid
-        self.path = path
-        self.opened_ns = now_ns()
-        self.flags = flags
-        self.size_before = size_before
-        # The session replaces existing content (interface 2 of the audit events): O_TRUNC of
-        # a non-empty file here, or (set by write) a write at offset 0 into one.
-        self.overwrite = bool(flags & os.O_TRUNC) and size_before > 0
-        self.sample = bytearray()  # up to entropy.SAMPLE_MAX bytes of written plaintext
-        self.progress_at = PROGRESS_BYTES
-
-
-def _access_mode(flags: int) -> str:
-    mode = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "?")
-    return mode + ("+append" if flags & os.O_APPEND else "") + ("+trunc" if flags & os.O_TRUNC else "")
-
-
-class _DirHandle:
-    __slots__ = ("node", "entries")
-
-    def __init__(self, node: Node, entries: list[tuple[bytes, str, str]]) -> None:
-        self.node = node
-        self.entries = entries
-
-
-class Operations(pyfuse3.Operations):
+class Operations(GatedOperations):
     enable_writeback_cache = True
     # False (`mount --no-xattr`): getxattr answers ENOSYS, after which the kernel
     # stops sending GETXATTR for the whole mount, including the security.capability
@@ -157,23 +80,16 @@ class Operations(pyfuse3.Operations):
             self.root_fd = open_dir(vault_path, root[0])
         self.read_only = read_only
         self.events = events  # None: no audit sink attached
-        # pid -> monotonic deadline: a proven `umbrafs restore` (fs/mount/control/restore.py), whose events
-        # are tagged so that the detector does not take the undoing for the attack.
-        self.restoring: dict[int, float] = {}
-        self._pending_setattr: list[Any] | None = None  # see _emit
         self.timeout = timeout
         self.inodes = InodeTable(os.fstat(self.root_fd).st_ino)
+        self.audit = Audit(events, self.inodes)
+        self.restoring = self.audit.restoring  # fs/mount/control/restore.py tags a proven restore's pid here
         if root is None:
-            assert root_wrap_key is not None
-            if not read_only:
-                from fs.vault.rotate.engine import repair  # a `revoke --rotate` cut short: finish its last step first
-
-                repair(vault_path, root_wrap_key)
+            assert root_wrap_key is not None  # a rotation cut short was repaired before (fs/mount/serve.py)
             self.inodes.root.keys = load_dir_keys(self.root_fd, ".", owner_keys(root_wrap_key))
         else:
             self.inodes.root.keys = root[1]
-        self._handles: dict[int, _Handle | _DirHandle] = {}
-        self._next_fh = 1
+        self.handles = HandleTable()
         self.initialized = trio.Event()
         # Previous versions (fs/vault/versions.py): owner mounts only (the area's key derives from the root wrap key).
         self.versions: VersionStore | None = None
@@ -181,11 +97,14 @@ class Operations(pyfuse3.Operations):
             self.versions = VersionStore(self.root_fd, root_wrap_key, versions)
         self.locked = False  # fs/mount/lockdown.py: keys dropped, requests refused
         self.locked_refusals = 0
-        self._progress = events is not None and "progress" in OPS
 
     def init(self) -> None:
         # Called by pyfuse3 when the kernel's INIT arrives: the mount is live.
         self.initialized.set()
+
+    def flush_events(self) -> None:
+        """Emit a held-back run of setattr events (fs/mount/tasks.py calls this every second)."""
+        self.audit.flush()
 
     def close(self) -> None:
         if self.events is not None:
@@ -196,7 +115,7 @@ class Operations(pyfuse3.Operations):
 
     def open_handles(self) -> list[int]:
         """The file handles open now (the versions area forgets the others' state)."""
-        return list(self._handles)
+        return self.handles.numbers()
 
     # -- helpers ------------------------------------------------------------
 
@@ -226,20 +145,14 @@ class Operations(pyfuse3.Operations):
         parts.reverse()
         return "/".join(parts)
 
-    def _plain_path(self, node: Node) -> str:
-        parts = []
-        while node is not self.inodes.root and node.links:
-            parts.append(node.links[0].p_name.decode("utf-8", "surrogateescape"))
-            node = node.links[0].parent
-        return "/" + "/".join(reversed(parts))
-
-    def _keys(self, node: Node) -> DirKeys:
+    def dir_keys(self, node: Node) -> DirKeys:
+        """The keys of directory *node*, loaded from its header (checked to be its own) when not cached."""
         while node.keys is None:
             if not node.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             if not node.links:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            parent_keys = self._keys(node.links[0].parent)
+            parent_keys = self.dir_keys(node.links[0].parent)
             try:
                 keys = load_dir_keys(self.root_fd, self._rel(node), parent_keys)
             except (IntegrityError, UnsupportedFormat) as exc:
@@ -300,7 +213,7 @@ class Operations(pyfuse3.Operations):
         changes ctime with every entry, so its id is read each time): before anything is
         created or listed in it.  Removing a name needs no such check: the name, encrypted
         under this directory's key, exists in no other directory."""
-        keys = self._keys(node)
+        keys = self.dir_keys(node)
         if node is self.inodes.root:
             return "."
         while True:
@@ -309,11 +222,8 @@ class Operations(pyfuse3.Operations):
                 return rel
             self._stale(node)
 
-    def _refuse_locked(self, name: str, args: tuple[Any, ...]) -> None:
-        if name in _LOCKED_OK or (name == "getattr" and args[0] == pyfuse3.ROOT_INODE):
-            return  # closing, forgetting and the root's (ciphertext) attributes need no key
-        self.locked_refusals += 1
-        raise pyfuse3.FUSEError(errno.EACCES)
+    def record_refusal(self, name: str, args: tuple[Any, ...], code: int) -> None:
+        self.audit.refused(name, args, code)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -324,7 +234,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         if name in (b".", b"..") or b"/" in name or not name:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        c_name = self._keys(parent).names.encrypt(name)
+        c_name = self.dir_keys(parent).names.encrypt(name)
         return c_name, backing_name(c_name)
 
     def _lstat(self, rel: str) -> os.stat_result:
@@ -372,7 +282,7 @@ class Operations(pyfuse3.Operations):
         return attr
 
     def _link_size(self, st: os.stat_result, node: Node | None) -> int:
-        if st.st_size != _LINK_MARKER_LEN:
+        if st.st_size != LINK_MARKER_LEN:
             return max(st.st_size * 3 // 4 - fmt.BLOCK_OVERHEAD, 0)
         if node is None or not node.links:
             return 0
@@ -390,87 +300,6 @@ class Operations(pyfuse3.Operations):
         st = self._lstat(rel)
         node = self.inodes.remember(st, Link(parent, p_name, c_name, b_name), count, obj_id or self._identity(rel, stat.S_IFMT(st.st_mode)))
         return node, self._attr(st, node)
-
-    def _emit(
-        self, op: str, ctx: pyfuse3.RequestContext | _Handle | None, path: str | Callable[[], str],
-        node: Node | None = None, *, path2: str | Callable[[], str] = "", result: int = 0,
-        detail: dict[str, str | int | bool] | None = None, **counts: int,
-    ) -> None:
-        if self.events is None:
-            return
-        # Paths come as callables so that a mount without auditing never builds them.
-        path = path() if callable(path) else path
-        path2 = path2() if callable(path2) else path2
-        if op == "setattr" and result == 0 and detail is not None:
-            # tar, cp -p and the kernel's own time updates send 3-5 SETATTRs per file: one
-            # event per run of them on one path by one process, listing what changed.
-            key = (path, ctx.uid if ctx else 0, ctx.pid if ctx else 0)
-            pending = self._pending_setattr
-            if pending is not None and pending[0] == key:
-                pending[3] += 1
-                pending[4].update(detail["changed"].split(","))
-                return
-            self.flush_events()
-            self._pending_setattr = [key, ctx, node, 1, set(detail["changed"].split(","))]
-            return
-        self.flush_events()
-        self._send_event(op, ctx, path, node, path2=path2, result=result, detail=detail, **counts)
-
-    def flush_events(self) -> None:
-        """Emit a held-back run of setattr events (the mount calls this every second too)."""
-        pending, self._pending_setattr = self._pending_setattr, None
-        if pending is not None:
-            (path, _, _), ctx, node, count, changed = pending
-            self._send_event("setattr", ctx, path, node, detail={"changed": ",".join(sorted(changed)), "count": count})
-
-    def _send_event(
-        self, op: str, ctx: pyfuse3.RequestContext | _Handle | None, path: str, node: Node | None = None, *,
-        path2: str = "", result: int = 0, detail: dict[str, str | int | bool] | None = None, **counts: int,
-    ) -> None:
-        assert self.events is not None
-        try:
-            file_id = ""
-            if node is not None:
-                if node.file is not None:
-                    file_id = node.file.file_id.hex()
-                elif node.keys is not None:
-                    file_id = node.keys.dir_id.hex()
-            pid = ctx.pid if ctx else 0
-            if self.restoring and pid in self.restoring:
-                if time.monotonic() < self.restoring[pid]:
-                    detail = {**(detail or {}), "restore": True}
-                else:
-                    del self.restoring[pid]
-            self.events.emit(
-                op, uid=ctx.uid if ctx else 0, pid=pid, path=path, path2=path2,
-                file_id=file_id, result=result, detail=detail, **counts,
-            )
-        except Exception:  # a sink must never take a request down
-            log.exception("event sink failed")
-
-    def _refused(self, op: str, args: tuple[Any, ...], code: int) -> None:
-        """Record a namespace change or open that was refused (EACCES, EROFS, EIO…)."""
-        if self.events is None:
-            return
-        try:
-            ctx = args[-1] if isinstance(args[-1], pyfuse3.RequestContext) else None
-            path2 = ""
-            if op == "rename":
-                path = self._child_path(self._node(args[0]), args[1])
-                path2 = self._child_path(self._node(args[2]), args[3])
-            elif op == "link":
-                path, path2 = self._plain_path(self._node(args[0])), self._child_path(self._node(args[1]), args[2])
-            elif op in ("setattr", "open"):
-                path = self._plain_path(self._node(args[0]))
-            else:
-                path = self._child_path(self._node(args[0]), args[1])
-        except pyfuse3.FUSEError:
-            return
-        self._emit(op, ctx, path, path2=path2, result=code)
-
-    def _child_path(self, parent: Node, name: bytes) -> str:
-        base = self._plain_path(parent)
-        return base.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
 
     def _chown_new(self, rel: str, parent: Node, ctx: pyfuse3.RequestContext, is_dir: bool = False) -> None:
         """As root, new entries belong to the caller (and a setgid dir's group)."""
@@ -492,19 +321,12 @@ class Operations(pyfuse3.Operations):
             # already stripped what the caller may not have, so restore the rest.
             os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
 
-    def _write_longname(self, parent_rel: str, c_name: str, b_name: str) -> None:
-        if is_long(c_name):
-            backing.write_small_file(self.root_fd, join(parent_rel, b_name + fmt.LONGNAME_SUFFIX), c_name.encode("ascii"))
-
-    def _drop_longname(self, parent_rel: str, c_name: str, b_name: str) -> None:
-        if is_long(c_name):
-            backing.unlink_quiet(self.root_fd, join(parent_rel, b_name + fmt.LONGNAME_SUFFIX))
-
     # -- files: open state and key slots -------------------------------------
 
-    def _dek_from(self, node: Node, header: fmt.Header) -> bytes:
+    def dek_from(self, node: Node, header: fmt.Header) -> bytes:
+        """The DEK in *header*, unwrapped by the key of a directory *node* is linked from."""
         for link in node.links:
-            keys = self._keys(link.parent)
+            keys = self.dir_keys(link.parent)
             if header.find_slot(keys.dir_id) is not None:
                 return keys.unwrap(header)
         raise IntegrityError("file has no key slot for any directory it is linked from")
@@ -536,7 +358,7 @@ class Operations(pyfuse3.Operations):
         if node.file is None:
             fd, header = self._open_backing(node)
             try:
-                node.file = OpenFile(fd, header, self._dek_from(node, header))
+                node.file = OpenFile(fd, header, self.dek_from(node, header))
             except BaseException as exc:
                 os.close(fd)
                 if isinstance(exc, (IntegrityError, UnsupportedFormat)):
@@ -557,39 +379,11 @@ class Operations(pyfuse3.Operations):
 
     def _add_file_slot(self, node: Node, rel: str, new_parent: Node) -> None:
         """Wrap the file's DEK for *new_parent* too (before linking or moving it there)."""
-        new_keys = self._keys(new_parent)
-        with backing.owner_writable(self.root_fd, rel):
-            fd = backing.open_file(self.root_fd, rel, True)
-            try:
-                header = read_file_header(fd)
-                if header.find_slot(new_keys.dir_id) is not None:
-                    return
-                free = next((i for i, s in enumerate(header.slots) if s is None), None)
-                if free is None:
-                    raise pyfuse3.FUSEError(errno.EMLINK)
-                dek = self._dek_from(node, header)
-                write_file_slot(fd, free, new_keys.wrap(fmt.KIND_FILE, header.obj_id, dek))
-            finally:
-                os.close(fd)
+        namespace.add_file_slot(self.root_fd, rel, self.dir_keys(new_parent), lambda header: self.dek_from(node, header))
 
     def _drop_file_slot(self, rel: str, parent: Node, other_link_check: bool) -> None:
         """Remove the slot of *parent* unless another hard link still lives there."""
-        parent_rel = self._rel(parent)
-        if other_link_check:
-            ino = self._lstat(rel).st_ino
-            for entry in self._listdir(parent_rel):
-                if join(parent_rel, entry.name) != rel and not is_reserved(entry.name) and entry.inode() == ino:
-                    return
-        dir_id = self._keys(parent).dir_id
-        with backing.owner_writable(self.root_fd, rel):
-            fd = backing.open_file(self.root_fd, rel, True)
-            try:
-                header = read_file_header(fd)
-                index = header.find_slot(dir_id)
-                if index is not None and sum(s is not None for s in header.slots) > 1:
-                    write_file_slot(fd, index, None)
-            finally:
-                os.close(fd)
+        namespace.drop_file_slot(self.root_fd, rel, self._rel(parent), lambda: self.dir_keys(parent).dir_id, other_link_check)
 
     # -- symlinks -----------------------------------------------------------
 
@@ -609,29 +403,18 @@ class Operations(pyfuse3.Operations):
             if c_target and (not node.obj_id or c_target.encode("ascii", "replace") == node.obj_id):
                 break
             self._stale(node)
-        if c_target.startswith(fmt.LONGNAME_PREFIX):
-            parent_rel = self._rel(link.parent)
-            c_target = backing.read_small_file(self.root_fd, join(parent_rel, c_target + fmt.LONGLINK_SUFFIX)).decode("ascii")
-        return self._keys(link.parent).decrypt_link(c_target)
+        return entries.link_target(self.root_fd, self._rel(link.parent), c_target, self.dir_keys(link.parent))
 
     def _make_symlink(self, parent: Node, b_name: str, target: bytes) -> None:
-        parent_rel = self._rel(parent)
-        c_target = self._keys(parent).encrypt_link(target)
-        if len(c_target) > LONGLINK_MIN:
-            marker = fmt.LONGNAME_PREFIX + os.urandom(16).hex()
-            backing.write_small_file(self.root_fd, join(parent_rel, marker + fmt.LONGLINK_SUFFIX), c_target.encode("ascii"))
-            c_target = marker
-        os.symlink(c_target, join(parent_rel, b_name), dir_fd=self.root_fd)
+        entries.make_symlink(self.root_fd, self._rel(parent), b_name, target, self.dir_keys(parent))
 
     def _drop_longlink(self, rel: str, parent_rel: str, st: os.stat_result) -> None:
-        if stat.S_ISLNK(st.st_mode) and st.st_size == _LINK_MARKER_LEN and st.st_nlink <= 1:
-            marker = os.readlink(rel, dir_fd=self.root_fd)
-            if marker.startswith(fmt.LONGNAME_PREFIX):
-                backing.unlink_quiet(self.root_fd, join(parent_rel, marker + fmt.LONGLINK_SUFFIX))
+        if entries.may_have_sidecar(st):
+            entries.drop_link_sidecar(self.root_fd, parent_rel, rel)
 
     # -- lookup and attributes -------------------------------------------------
 
-    @_fuse
+    @fuse
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         if name == b".":
@@ -648,19 +431,19 @@ class Operations(pyfuse3.Operations):
             negative.entry_timeout = self.timeout
             return negative
 
-    @_fuse
+    @fuse
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
 
-    @_fuse
+    @fuse
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if node.file is not None:
             return self._attr(os.fstat(node.file.fd), node)
         return self._attr(self._locate(node, dir_by_ino=True)[1], node)
 
-    @_fuse
+    @fuse
     async def setattr(
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -676,7 +459,7 @@ class Operations(pyfuse3.Operations):
             of = self._open_file(node)
             try:
                 if self.versions is not None and attr.st_size < of.size:  # keep what the cut drops
-                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self._plain_path(node))
+                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self.inodes.plain_path(node))
                 of.truncate(attr.st_size)
             finally:
                 self._close_file(node)
@@ -696,7 +479,7 @@ class Operations(pyfuse3.Operations):
         changed = [name for name, on in (
             ("size", fields.update_size), ("mode", fields.update_mode), ("owner", fields.update_uid or fields.update_gid),
             ("atime", fields.update_atime), ("mtime", fields.update_mtime)) if on]
-        self._emit("setattr", ctx, lambda: self._plain_path(node), node, detail={"changed": ",".join(changed) or "none"})
+        self.audit.emit("setattr", ctx, lambda: self.inodes.plain_path(node), node, detail={"changed": ",".join(changed) or "none"})
         if node.file is not None:
             return self._attr(os.fstat(node.file.fd), node)
         rel = target if isinstance(target, str) else self._rel(node)
@@ -706,7 +489,7 @@ class Operations(pyfuse3.Operations):
         self.inodes.confirmed(node, st)
         return self._attr(st, node)
 
-    @_fuse
+    @fuse
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         if node.fmt != stat.S_IFLNK:
@@ -717,7 +500,7 @@ class Operations(pyfuse3.Operations):
             self._integrity(node, exc)
             raise
 
-    @_fuse
+    @fuse
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         sv = os.statvfs(self.root_fd)
         data = pyfuse3.StatvfsData()
@@ -733,30 +516,25 @@ class Operations(pyfuse3.Operations):
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
-        self._write_longname(parent_rel, c_name, b_name)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             fd = os.open(rel, flags, stat.S_IMODE(mode), dir_fd=self.root_fd)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
-        try:
-            header, dek = new_header(fmt.KIND_FILE, self._keys(parent))
-            os.write(fd, header.pack())
-            self._chown_new(rel, parent, ctx)
-            node, attr = self._entry(parent, name, c_name, b_name, obj_id=header.obj_id)
-        except BaseException:
-            os.close(fd)
-            backing.unlink_quiet(self.root_fd, rel)
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
+            try:
+                header, dek = new_header(fmt.KIND_FILE, self.dir_keys(parent))
+                os.write(fd, header.pack())
+                self._chown_new(rel, parent, ctx)
+                node, attr = self._entry(parent, name, c_name, b_name, obj_id=header.obj_id)
+            except BaseException:
+                os.close(fd)
+                backing.unlink_quiet(self.root_fd, rel)
+                raise
         if node.file is None:
             node.file = OpenFile(fd, header, dek)
         else:
             os.close(fd)
         return node, attr
 
-    @_fuse
+    @fuse
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -765,14 +543,14 @@ class Operations(pyfuse3.Operations):
         node, attr = self._new_file(parent, name, mode, ctx)
         assert node.file is not None
         node.file.refs += 1
-        path = self._child_path(parent, name) if self.events is not None else ""
-        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, 0))
-        self._emit("create", ctx, path, node)
+        path = self.inodes.child_path(parent, name) if self.events is not None else ""
+        fh = self.handles.add(FileHandle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, 0))
+        self.audit.emit("create", ctx, path, node)
         if self.versions is not None:  # no copy for a new file: a record, so restore can undo it
-            self.versions.created(ctx.pid, ctx.uid, path or self._child_path(parent, name), node.file.file_id, fh, node.ino)
+            self.versions.created(ctx.pid, ctx.uid, path or self.inodes.child_path(parent, name), node.file.file_id, fh, node.ino)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), attr
 
-    @_fuse
+    @fuse
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         parent = self._node(parent_inode)
@@ -781,52 +559,43 @@ class Operations(pyfuse3.Operations):
             assert node.file is not None
             node.file.refs += 1
             if self.versions is not None:
-                self.versions.created(ctx.pid, ctx.uid, self._child_path(parent, name), node.file.file_id, 0, node.ino)
+                self.versions.created(ctx.pid, ctx.uid, self.inodes.child_path(parent, name), node.file.file_id, 0, node.ino)
             self._close_file(node)
-            self._emit("create", ctx, lambda: self._plain_path(node), node)
+            self.audit.emit("create", ctx, lambda: self.inodes.plain_path(node), node)
             return attr
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
-        self._write_longname(parent_rel, c_name, b_name)
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             os.mknod(rel, mode, rdev, dir_fd=self.root_fd)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
-        self._emit("mknod", ctx, lambda: self._plain_path(node), node)
+        self.audit.emit("mknod", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
-    @_fuse
+    @fuse
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         parent = self._node(parent_inode)
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
         rel = join(parent_rel, b_name)
-        self._write_longname(parent_rel, c_name, b_name)
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             os.mkdir(rel, 0o700, dir_fd=self.root_fd)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
-        try:
-            keys = write_dir_header(self.root_fd, rel, self._keys(parent))
-            os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
-            self._chown_new(rel, parent, ctx, is_dir=True)
-        except BaseException:
-            backing.unlink_quiet(self.root_fd, join(rel, fmt.DIR_HEADER_NAME))
-            os.rmdir(rel, dir_fd=self.root_fd)
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
+            try:
+                keys = write_dir_header(self.root_fd, rel, self.dir_keys(parent))
+                os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
+                self._chown_new(rel, parent, ctx, is_dir=True)
+            except BaseException:
+                backing.unlink_quiet(self.root_fd, join(rel, fmt.DIR_HEADER_NAME))
+                os.rmdir(rel, dir_fd=self.root_fd)
+                raise
         node, attr = self._entry(parent, name, c_name, b_name, parent_rel=parent_rel, obj_id=keys.dir_id)
         node.keys = keys
-        self._emit("mkdir", ctx, lambda: self._plain_path(node), node)
+        self.audit.emit("mkdir", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
-    @_fuse
+    @fuse
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         if len(target) > SYMLINK_MAX:
@@ -834,19 +603,15 @@ class Operations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         c_name, b_name = self._name(parent, name)
         parent_rel = self._dir_rel(parent)
-        self._write_longname(parent_rel, c_name, b_name)
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             self._make_symlink(parent, b_name, target)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
         rel = join(parent_rel, b_name)
         self._chown_new(rel, parent, ctx)
         node, attr = self._entry(parent, name, c_name, b_name)
-        self._emit("symlink", ctx, lambda: self._plain_path(node), node)
+        self.audit.emit("symlink", ctx, lambda: self.inodes.plain_path(node), node)
         return attr
 
-    @_fuse
+    @fuse
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         node = self._node(inode)
@@ -859,8 +624,7 @@ class Operations(pyfuse3.Operations):
         dst_rel = join(parent_rel, b_name)
         if self._exists(dst_rel):
             raise pyfuse3.FUSEError(errno.EEXIST)
-        self._write_longname(parent_rel, c_name, b_name)
-        try:
+        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
             if node.fmt == stat.S_IFLNK and node.link_in(new_parent) is None:
                 # Symlink targets are encrypted under their directory's key: a link
                 # into another directory is a copy (documented in docs/format.md).
@@ -869,16 +633,13 @@ class Operations(pyfuse3.Operations):
                 if node.fmt == stat.S_IFREG and node.link_in(new_parent) is None:
                     self._add_file_slot(node, src_rel, new_parent)
                 os.link(src_rel, dst_rel, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd, follow_symlinks=False)
-        except BaseException:
-            self._drop_longname(parent_rel, c_name, b_name)
-            raise
         new_node, attr = self._entry(new_parent, new_name, c_name, b_name, obj_id=node.obj_id if node.fmt == stat.S_IFREG else b"")
-        self._emit("link", ctx, lambda: self._plain_path(node), new_node, path2=lambda: self._child_path(new_parent, new_name))
+        self.audit.emit("link", ctx, lambda: self.inodes.plain_path(node), new_node, path2=lambda: self.inodes.child_path(new_parent, new_name))
         return attr
 
     # -- removing entries -----------------------------------------------------
 
-    @_fuse
+    @fuse
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
         parent = self._node(parent_inode)
@@ -894,34 +655,15 @@ class Operations(pyfuse3.Operations):
         node = self._node_at(rel, st)
         # The last link of a regular file goes into the versions area instead (fs/vault/versions.py).
         if not (self.versions is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and self.versions.keep_unlinked(
-                rel, st, self._keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
-                self._child_path(parent, name))):
+                rel, st, self.dir_keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
+                self.inodes.child_path(parent, name))):
             os.unlink(rel, dir_fd=self.root_fd)
-        self._drop_longname(parent_rel, c_name, b_name)
-        self._emit("unlink", ctx, lambda: self._child_path(parent, name), node)
+        entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
+        self.audit.emit("unlink", ctx, lambda: self.inodes.child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
 
-    def _empty_dir_header(self, rel: str) -> bytes:
-        """Check *rel* is logically empty; remove its header and return it (for undo)."""
-        for entry in self._listdir(rel):
-            if entry.name != fmt.DIR_HEADER_NAME:
-                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        header_rel = join(rel, fmt.DIR_HEADER_NAME)
-        try:
-            data = backing.read_small_file(self.root_fd, header_rel)
-        except FileNotFoundError:
-            return b""
-        with backing.owner_writable(self.root_fd, rel):
-            os.unlink(header_rel, dir_fd=self.root_fd)
-        return data
-
-    def _restore_dir_header(self, rel: str, data: bytes) -> None:
-        if data:
-            with backing.owner_writable(self.root_fd, rel):
-                backing.write_small_file(self.root_fd, join(rel, fmt.DIR_HEADER_NAME), data)
-
-    @_fuse
+    @fuse
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
         parent = self._node(parent_inode)
@@ -931,15 +673,15 @@ class Operations(pyfuse3.Operations):
         st = self._lstat(rel)
         if not stat.S_ISDIR(st.st_mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        saved = self._empty_dir_header(rel)
+        saved = namespace.empty_dir_header(self.root_fd, rel)
         try:
             os.rmdir(rel, dir_fd=self.root_fd)
         except BaseException:
-            self._restore_dir_header(rel, saved)
+            namespace.restore_dir_header(self.root_fd, rel, saved)
             raise
-        self._drop_longname(parent_rel, c_name, b_name)
+        entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
         node = self._node_at(rel, st, dir_by_ino=True)
-        self._emit("rmdir", ctx, lambda: self._child_path(parent, name), node)
+        self.audit.emit("rmdir", ctx, lambda: self.inodes.child_path(parent, name), node)
         if node is not None:
             node.drop_link(parent, c_name)
             node.keys = None
@@ -958,22 +700,10 @@ class Operations(pyfuse3.Operations):
             multi = st.st_nlink > 1
             return lambda new_rel: self._drop_file_slot(new_rel, old_parent, other_link_check=multi)
         if file_fmt == stat.S_IFDIR:
-            old_keys, new_keys = self._keys(old_parent), self._keys(new_parent)
-            header = read_dir_header(self.root_fd, rel)
-            key = old_keys.unwrap(header)
-            old_index = header.find_slot(old_keys.dir_id)
-            free = next(i for i in range(len(header.slots)) if i != old_index)
-            with backing.owner_writable(self.root_fd, rel):
-                update_dir_slot(self.root_fd, rel, free, new_keys.wrap(fmt.KIND_DIR, header.obj_id, key))
-
-            def finish(new_rel: str) -> None:
-                with backing.owner_writable(self.root_fd, new_rel):
-                    update_dir_slot(self.root_fd, new_rel, old_index, None)  # type: ignore[arg-type]
-
-            return finish
+            return namespace.add_dir_slot(self.root_fd, rel, self.dir_keys(old_parent), self.dir_keys(new_parent))
         return lambda new_rel: None
 
-    @_fuse
+    @fuse
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: pyfuse3.RequestContext
     ) -> None:
@@ -1017,25 +747,25 @@ class Operations(pyfuse3.Operations):
                 self._move_keys(dst, st_dst, rel_new, new_parent, old_parent) if cross and exchange and st_dst else None
             )
             if st_dst is not None and not exchange and stat.S_ISDIR(st_dst.st_mode):
-                saved_header = self._empty_dir_header(rel_new)
+                saved_header = namespace.empty_dir_header(self.root_fd, rel_new)
             if not exchange:
-                self._write_longname(new_parent_rel, c_new, b_new)
+                entries.write_longname(self.root_fd, new_parent_rel, c_new, b_new)
             if st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and self.events is not None:
                 # The detector counts a file replaced by rename as destroyed (encrypt-to-new-name ransomware).
                 replaced = object_id_at(self.root_fd, rel_new, st_dst, dst).hex() or "?"
             if self.versions is not None and st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and st_dst.st_nlink == 1:
-                kept = self.versions.before_replace(rel_new, st_dst, self._keys(new_parent), dst.file if dst is not None else None)
+                kept = self.versions.before_replace(rel_new, st_dst, self.dir_keys(new_parent), dst.file if dst is not None else None)
             try:
                 backing.renameat2(self.root_fd, rel_old, rel_new, flags & (backing.RENAME_EXCHANGE | backing.RENAME_NOREPLACE))
             except BaseException:
-                self._restore_dir_header(rel_new, saved_header)
+                namespace.restore_dir_header(self.root_fd, rel_new, saved_header)
                 if self.versions is not None:
                     self.versions.abort_replace(kept)
                 raise
             if st_dst is not None and not exchange:
                 self._drop_longlink_after_overwrite(st_dst, new_parent_rel)
             if not exchange and b_old != b_new:
-                self._drop_longname(old_parent_rel, c_old, b_old)
+                entries.drop_longname(self.root_fd, old_parent_rel, c_old, b_old)
             if finish_src:
                 finish_src(rel_new)
             if finish_dst:
@@ -1050,10 +780,10 @@ class Operations(pyfuse3.Operations):
                 dst.add_link(Link(old_parent, name_old, c_old, b_old))
             elif dst.is_dir:
                 dst.keys = None
-        self._emit("rename", ctx, lambda: self._child_path(old_parent, name_old), src, path2=lambda: self._child_path(new_parent, name_new),
+        self.audit.emit("rename", ctx, lambda: self.inodes.child_path(old_parent, name_old), src, path2=lambda: self.inodes.child_path(new_parent, name_new),
                    detail={"replaced": replaced} if replaced else None)
         if self.versions is not None and not exchange:
-            self.versions.renamed(kept, ctx.pid, ctx.uid, self._child_path(old_parent, name_old), self._child_path(new_parent, name_new),
+            self.versions.renamed(kept, ctx.pid, ctx.uid, self.inodes.child_path(old_parent, name_old), self.inodes.child_path(new_parent, name_new),
                                   self.versions.object_id(rel_new, st_src, src), stat.S_ISDIR(st_src.st_mode))
         if src is not None:
             if cross and stat.S_ISLNK(st_src.st_mode):
@@ -1065,25 +795,9 @@ class Operations(pyfuse3.Operations):
 
     def _drop_longlink_after_overwrite(self, st_dst: os.stat_result, parent_rel: str) -> None:
         """A symlink replaced by rename may leave its long-target sidecar behind."""
-        if stat.S_ISLNK(st_dst.st_mode) and st_dst.st_size == _LINK_MARKER_LEN and st_dst.st_nlink <= 1:
+        if entries.may_have_sidecar(st_dst):
             # The marker is gone with the link; sweep sidecars no link points to.
-            self._sweep_longlinks(parent_rel)
-
-    def _sweep_longlinks(self, parent_rel: str) -> None:
-        entries = self._listdir(parent_rel)
-        markers = set()
-        sidecars = []
-        for entry in entries:
-            if entry.is_symlink():
-                try:
-                    markers.add(os.readlink(join(parent_rel, entry.name), dir_fd=self.root_fd))
-                except OSError:
-                    pass
-            elif entry.name.startswith(fmt.LONGNAME_PREFIX) and entry.name.endswith(fmt.LONGLINK_SUFFIX):
-                sidecars.append(entry.name)
-        for name in sidecars:
-            if name[: -len(fmt.LONGLINK_SUFFIX)] not in markers:
-                backing.unlink_quiet(self.root_fd, join(parent_rel, name))
+            entries.sweep_sidecars(self.root_fd, parent_rel)
 
     def _rename_symlink_across(
         self, src: Node | None, st_src: os.stat_result, old_parent: Node, new_parent: Node,
@@ -1096,11 +810,8 @@ class Operations(pyfuse3.Operations):
             tmp_node.add_link(Link(old_parent, b"", c_old, b_old))
         target = self._readlink(tmp_node)
         new_parent_rel = self._rel(new_parent)
-        tmp_b = ".umbrafs.tmp." + os.urandom(8).hex()
-        self._make_symlink(new_parent, tmp_b, target)
-        self._write_longname(new_parent_rel, c_new, b_new)
-        if backing.IS_ROOT:
-            os.chown(join(new_parent_rel, tmp_b), st_src.st_uid, st_src.st_gid, dir_fd=self.root_fd, follow_symlinks=False)
+        tmp_b = entries.make_temp_symlink(self.root_fd, new_parent_rel, target, self.dir_keys(new_parent), st_src)
+        entries.write_longname(self.root_fd, new_parent_rel, c_new, b_new)
         if st_dst is not None and stat.S_ISDIR(st_dst.st_mode):
             backing.unlink_quiet(self.root_fd, join(new_parent_rel, tmp_b))
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -1109,26 +820,14 @@ class Operations(pyfuse3.Operations):
             self._drop_longlink_after_overwrite(st_dst, new_parent_rel)
         self._drop_longlink(rel_old, self._rel(old_parent), st_src)
         os.unlink(rel_old, dir_fd=self.root_fd)
-        self._drop_longname(self._rel(old_parent), c_old, b_old)
+        entries.drop_longname(self.root_fd, self._rel(old_parent), c_old, b_old)
         if src is not None:
             # New backing object, new inode number: the kernel must look it up again.
             src.links = []
 
     # -- file I/O -------------------------------------------------------------
 
-    def _add_handle(self, handle: _Handle | _DirHandle) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = handle
-        return fh
-
-    def _handle(self, fh: int) -> _Handle:
-        handle = self._handles.get(fh)
-        if not isinstance(handle, _Handle):
-            raise pyfuse3.FUSEError(errno.EBADF)
-        return handle
-
-    @_fuse
+    @fuse
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
@@ -1140,21 +839,21 @@ class Operations(pyfuse3.Operations):
         try:
             if flags & os.O_TRUNC:
                 if self.versions is not None and of.size:  # keep what the truncation drops
-                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self._plain_path(node))
+                    self.versions.keep_open("truncate", of, ctx.pid, ctx.uid, self.inodes.plain_path(node))
                 of.truncate(0)
         except BaseException:
             self._close_file(node)
             raise
-        path = self._plain_path(node) if self.events is not None else ""
-        fh = self._add_handle(_Handle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, size_before))
+        path = self.inodes.plain_path(node) if self.events is not None else ""
+        fh = self.handles.add(FileHandle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, size_before))
         # An audited mount must see every read: pages the kernel kept from an earlier open would be
         # served without a READ, so the ledger (and the detector) would count 0 bytes — a baseline of
         # "reads nothing" and an exfiltration of cached files nobody sees.  Unaudited mounts keep them.
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.events is None)
 
-    @_fuse
+    @fuse
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._handle(fh)
+        handle = self.handles.file(fh)
         of = handle.node.file
         assert of is not None
         try:
@@ -1165,20 +864,8 @@ class Operations(pyfuse3.Operations):
         handle.reads += 1
         handle.bytes_read += len(data)
         if handle.bytes_read + handle.bytes_written >= handle.progress_at:
-            self._report_progress(handle, fh)
+            self.audit.report_progress(handle, fh)
         return data
-
-    def _report_progress(self, handle: _Handle, fh: int) -> None:
-        """A long session reports as it goes, so the daemon need not wait for release."""
-        if not self._progress:
-            handle.progress_at = _NO_PROGRESS
-            return
-        done = handle.bytes_read + handle.bytes_written
-        handle.progress_at = (done // PROGRESS_BYTES + 1) * PROGRESS_BYTES
-        self._emit(
-            "progress", handle, handle.path, handle.node, bytes_read=handle.bytes_read, bytes_written=handle.bytes_written,
-            reads=handle.reads, writes=handle.writes, opened_ns=handle.opened_ns, detail={"fh": fh},
-        )
 
     def _integrity(self, node: Node, exc: Exception) -> None:
         rel = "?"
@@ -1187,18 +874,18 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             pass
         log.error("integrity: backing file %s (inode %d): %s", rel, node.ino, exc)
-        self._emit("integrity", None, lambda: self._plain_path(node), node, result=errno.EIO)
+        self.audit.emit("integrity", None, lambda: self.inodes.plain_path(node), node, result=errno.EIO)
 
-    @_fuse
+    @fuse
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self._writable()
-        handle = self._handle(fh)
+        handle = self.handles.file(fh)
         of = handle.node.file
         assert of is not None
         if handle.append:
             off = of.size
         if self.versions is not None and fh not in self.versions.kept_fh:  # copy before overwrite (fs/vault/versions.py)
-            self.versions.before_write(fh, of, off, buf, handle.pid, handle.uid, lambda: handle.path or self._plain_path(handle.node))
+            self.versions.before_write(fh, of, off, buf, handle.pid, handle.uid, lambda: handle.path or self.inodes.plain_path(handle.node))
         try:
             n = of.write(off, buf)
         except IntegrityError as exc:
@@ -1211,68 +898,50 @@ class Operations(pyfuse3.Operations):
         if len(handle.sample) < entropy.SAMPLE_MAX:
             entropy.add_sample(handle.sample, buf)
         if handle.bytes_read + handle.bytes_written >= handle.progress_at:
-            self._report_progress(handle, fh)
+            self.audit.report_progress(handle, fh)
         return n
 
-    @_fuse
+    @fuse
     async def flush(self, fh: int) -> None:
-        self._handle(fh)
+        self.handles.file(fh)
 
-    @_fuse
+    @fuse
     async def fsync(self, fh: int, datasync: bool) -> None:
-        of = self._handle(fh).node.file
+        of = self.handles.file(fh).node.file
         assert of is not None
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, of.fd)
 
-    @_fuse
+    @fuse
     async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if not isinstance(handle, _Handle):
+        handle = self.handles.pop(fh)
+        if not isinstance(handle, FileHandle):
             return
-        if self.events is not None:
-            # Re-reads served from the page cache never reach us: the size says what the session could see.
-            detail: dict[str, str | int | bool] = {
-                "mode": _access_mode(handle.flags), "size": handle.node.file.size if handle.node.file else 0,
-                "size_before": handle.size_before, "fh": fh,
-            }
-            if handle.overwrite:
-                detail["overwrite"] = True
-            if handle.bytes_written:
-                detail["entropy"] = entropy.milli_bits(handle.sample)
-            self._emit(
-                "access", handle, handle.path, handle.node, bytes_read=handle.bytes_read, bytes_written=handle.bytes_written,
-                reads=handle.reads, writes=handle.writes, opened_ns=handle.opened_ns, detail=detail,
-            )
+        self.audit.session_end(handle, fh)
         entropy.wipe(handle.sample)
         self._close_file(handle.node)
 
     # -- directories --------------------------------------------------------
 
-    @_fuse
+    @fuse
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
-        keys = self._keys(node)
+        keys = self.dir_keys(node)
         rel = self._dir_rel(node)
         names = [entry.name for entry in self._listdir(rel)]
-        entries: list[tuple[bytes, str, str]] = []
+        listing: list[tuple[bytes, str, str]] = []
         for b_name in names:
             if is_reserved(b_name):
                 continue
             try:
-                if b_name.startswith(fmt.LONGNAME_PREFIX):
-                    c_name = backing.read_small_file(self.root_fd, join(rel, b_name + fmt.LONGNAME_SUFFIX)).decode("ascii")
-                else:
-                    c_name = b_name
-                entries.append((keys.names.decrypt(c_name), c_name, b_name))
+                c_name = entries.read_c_name(self.root_fd, rel, b_name)
+                listing.append((keys.names.decrypt(c_name), c_name, b_name))
             except (IntegrityError, OSError, UnicodeDecodeError) as exc:
                 log.error("integrity: undecryptable name %s in backing dir %s: %s", b_name, rel, exc)
-        return self._add_handle(_DirHandle(node, entries))
+        return self.handles.add(DirHandle(node, listing))
 
-    @_fuse
+    @fuse
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self._handles.get(fh)
-        if not isinstance(handle, _DirHandle):
-            raise pyfuse3.FUSEError(errno.EBADF)
+        handle = self.handles.dir(fh)
         node = handle.node
         rel = self._rel(node)
         for index in range(start_id, len(handle.entries)):
@@ -1289,15 +958,13 @@ class Operations(pyfuse3.Operations):
                 break
             child.lookups += 1  # readdirplus: the kernel counts one lookup per entry sent
 
-    @_fuse
+    @fuse
     async def releasedir(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        self.handles.pop(fh)
 
-    @_fuse
+    @fuse
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        handle = self._handles.get(fh)
-        if not isinstance(handle, _DirHandle):
-            raise pyfuse3.FUSEError(errno.EBADF)
+        handle = self.handles.dir(fh)
         fd = os.open(self._rel(handle.node), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root_fd)
         try:
             await trio.to_thread.run_sync(os.fsync, fd)
@@ -1309,7 +976,7 @@ class Operations(pyfuse3.Operations):
     def _xattr(self, node: Node) -> XattrCipher:
         if node.xattr is None:
             if node.is_dir:
-                keys = self._keys(node)
+                keys = self.dir_keys(node)
                 node.xattr = XattrCipher(keys.key, keys.dir_id)
             elif node.fmt == stat.S_IFREG:
                 of = self._open_file(node)
@@ -1335,7 +1002,7 @@ class Operations(pyfuse3.Operations):
         if not name.startswith(b"user."):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
-    @_fuse
+    @fuse
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         if not self.enable_xattr:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
@@ -1345,7 +1012,7 @@ class Operations(pyfuse3.Operations):
         cipher = self._xattr(node)
         self._xattr_call(os.setxattr, node, cipher.backing_name(name), cipher.seal(name, value))
 
-    @_fuse
+    @fuse
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not self.enable_xattr:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking (see enable_xattr)
@@ -1365,7 +1032,7 @@ class Operations(pyfuse3.Operations):
             raise
         return cipher.open(name, sealed)
 
-    @_fuse
+    @fuse
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._node(inode)
         if node.fmt not in (stat.S_IFREG, stat.S_IFDIR) or not self.enable_xattr:
@@ -1378,7 +1045,7 @@ class Operations(pyfuse3.Operations):
                 names.append(p_name)
         return names
 
-    @_fuse
+    @fuse
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         if not self.enable_xattr:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)

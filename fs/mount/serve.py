@@ -24,6 +24,7 @@ from wire.procfs import mount_device, mounted_paths
 from wire.sink import EventSink
 from fs.errors import FuseUnavailable, MountpointError
 from fs.vault.headers import DirKeys
+from fs.vault.rotate.engine import repair
 from fs.mount.operations import Operations
 from fs.mount.singlefile import SharedFile, SingleFileOperations
 from fs.vault.config import UnlockedVault
@@ -241,6 +242,8 @@ def serve(
         ops = Operations(str(vault_path), None, read_only=read_only, events=events, root=root, timeout=cache_timeout)
     else:
         assert isinstance(vault, UnlockedVault)
+        if not read_only:  # a `revoke --rotate` cut short: finish its last step before serving anything
+            repair(vault.path, vault.root_wrap_key)
         ops = Operations(str(vault.path), vault.root_wrap_key, read_only=read_only, events=events, versions=versions,
                          timeout=cache_timeout)
     # Keys live on only in ops and *control* (dropped at lock), not in this frame.

@@ -23,6 +23,7 @@ from fs.format import layout as fmt
 from wire.sink import EventSink
 from fs.vault.content import OpenFile
 from fs.errors import IntegrityError
+from fs.mount.boundary import GatedOperations, fuse
 from fs.vault.headers import read_file_header
 from fs.vault.keywalk import open_dir
 
@@ -43,8 +44,12 @@ class SharedFile(NamedTuple):
         return f"SharedFile({self.backing_rel!r}, {self.file_id.hex()})"
 
 
-class SingleFileOperations(pyfuse3.Operations):
-    """Serves `/<name>` (read-only) from the backing file *backing_rel* with its DEK."""
+class SingleFileOperations(GatedOperations):
+    """Serves `/<name>` (read-only) from the backing file *backing_rel* with its DEK.
+
+    Every handler goes through the same errno boundary and lock gate as Operations
+    (fs/mount/boundary.py): an OSError of the backing file answers its errno, it does
+    not end the mount."""
 
     def __init__(self, vault_path: str, backing_rel: str, file_id: bytes, dek: bytes, name: bytes, *,
                  events: EventSink | None = None, timeout: float = 1.0) -> None:
@@ -62,9 +67,26 @@ class SingleFileOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._mounted_ns = time.time_ns()
         self.initialized = trio.Event()
+        self.locked = False  # fs/mount/lockdown.py: the DEK dropped, requests refused
+        self.locked_refusals = 0
 
     def init(self) -> None:
         self.initialized.set()
+
+    # -- for fs/mount/lockdown.py ---------------------------------------------------
+
+    def open_files(self) -> list[OpenFile]:
+        return [of for of, *_ in self._handles.values()]
+
+    def take_key(self) -> bytes:
+        """Lock: hand over the DEK (for wiping) and hide the name."""
+        dek, self._dek = self._dek, b""
+        self.name = b"\0"  # matches no lookup (a name never holds NUL)
+        return dek
+
+    def give_key(self, dek: bytes, name: bytes) -> None:
+        """Unlock: the DEK and the plaintext name again."""
+        self._dek, self.name = dek, name
 
     def close(self) -> None:
         for of, *_ in self._handles.values():
@@ -103,6 +125,7 @@ class SingleFileOperations(pyfuse3.Operations):
         attr.st_atime_ns, attr.st_mtime_ns, attr.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
         return attr
 
+    @fuse
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if parent_inode != pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -112,6 +135,7 @@ class SingleFileOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._file_attr()
 
+    @fuse
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if inode == pyfuse3.ROOT_INODE:
             return self._root_attr()
@@ -119,6 +143,7 @@ class SingleFileOperations(pyfuse3.Operations):
             return self._file_attr()
         raise pyfuse3.FUSEError(errno.ENOENT)
 
+    @fuse
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = fmt.BLOCK_SIZE
@@ -127,11 +152,13 @@ class SingleFileOperations(pyfuse3.Operations):
 
     # -- the directory ------------------------------------------------------------
 
+    @fuse
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if inode != pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return 0
 
+    @fuse
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         if start_id == 0:
             try:
@@ -140,11 +167,13 @@ class SingleFileOperations(pyfuse3.Operations):
                 return  # the owner deleted it: an empty directory
             pyfuse3.readdir_reply(token, self.name, attr, 1)
 
+    @fuse
     async def releasedir(self, fh: int) -> None:
         pass
 
     # -- the file -------------------------------------------------------------------
 
+    @fuse
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if inode != FILE_INODE:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -168,6 +197,7 @@ class SingleFileOperations(pyfuse3.Operations):
         self._handles[fh] = (of, ctx.pid, ctx.uid, 0)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False)
 
+    @fuse
     async def read(self, fh: int, off: int, size: int) -> bytes:
         entry = self._handles.get(fh)
         if entry is None:
@@ -182,6 +212,7 @@ class SingleFileOperations(pyfuse3.Operations):
         self._handles[fh] = (of, pid, uid, done + len(data))
         return data
 
+    @fuse
     async def release(self, fh: int) -> None:
         entry = self._handles.pop(fh, None)
         if entry is None:
@@ -190,9 +221,11 @@ class SingleFileOperations(pyfuse3.Operations):
         os.close(of.fd)
         self._emit("access", pid, uid, bytes_read=done, detail={"mode": "r", "size": of.size})
 
+    @fuse
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP if not name.startswith(b"user.") else pyfuse3.ENOATTR)
 
+    @fuse
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return []
 

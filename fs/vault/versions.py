@@ -345,7 +345,7 @@ class VersionStore:
     def __init__(self, root_fd: int, root_wrap_key: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
         self.root_fd = root_fd
         self.limits = limits
-        self._aead = AESGCM(versions_key(root_wrap_key))
+        self._aead: Any = AESGCM(versions_key(root_wrap_key))  # Any: lockdown's stand-in while locked
         try:
             os.mkdir(AREA, 0o700, dir_fd=root_fd)
         except FileExistsError:
@@ -366,6 +366,16 @@ class VersionStore:
         self.added_bytes = 0
         self._since_prune = _PRUNE_EVERY  # the first tick prunes
         self.kept = 0
+
+    def forget_key(self, stand_in: object) -> None:
+        """Lock (fs/mount/lockdown.py): flush, then let *stand_in*, which refuses every use,
+        take the journal cipher's place."""
+        self.flush()  # its journal is sealed under the versions key: write it out while there is one
+        self._aead = stand_in
+
+    def set_key(self, root_wrap_key: bytes) -> None:
+        """Unlock: the journal cipher again, from the root wrap key."""
+        self._aead = AESGCM(versions_key(root_wrap_key))
 
     # -- journal ------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from fs.format import layout as fmt
 from fs.vault.rotate import engine as rotate
 from fs.mount.control.server import ControlRequestError, MountControl
 from fs.vault.headers import DirKeys
-from fs.mount.operations import Operations, _DirHandle
+from fs.mount.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class MountHooks(rotate.Hooks):
             for link in child.links:
                 if link.parent is node and link.c_name == r.old_c:
                     link.c_name, link.b_name = r.new_c, r.new_b
-        for h in list(self.ops._handles.values()):
-            if isinstance(h, _DirHandle) and h.node is node:
+        for h in self.ops.handles.dirs():
+            if h.node is node:
                 h.entries = [(p, by_old[c].new_c, by_old[c].new_b) if c in by_old else (p, c, b) for p, c, b in h.entries]
 
     def file_rekeyed(self, st: Any, header: fmt.Header, dek: bytes, previous: bytes | None) -> None:

@@ -96,8 +96,6 @@ class MountControl:
 
     def __post_init__(self) -> None:
         self.vault, self.spec.vault = self.spec.vault, None
-        if isinstance(self.ops, SingleFileOperations):
-            lockdown.gate_single(self.ops)
 
     # -- for handlers ------------------------------------------------------------
 

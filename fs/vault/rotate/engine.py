@@ -33,14 +33,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fs.vault import backing
+from fs.vault import backing, entries
 from fs.format import cryptocore as keys
 from fs.format import layout as fmt
 from fs.vault.backing import join
 from fs.vault.content import previous_dek
 from fs.errors import IntegrityError, UmbrafsError
 from fs.vault.headers import DirKeys, owner_keys, read_dir_header, read_file_header, update_dir_slot, write_file_slot
-from fs.format.names import backing_name, is_long, is_reserved
+from fs.format.links import TMP_PREFIX
+from fs.format.names import backing_name, is_reserved
 from fs.format.xattrs import PREFIX as XATTR_PREFIX
 from fs.vault.rotate.journal import JOURNAL_DIR, ForeignJournal, Journal, RotationError, _write_all
 
@@ -51,9 +52,6 @@ from fs.format.xattrs import XattrCipher
 log = logging.getLogger(__name__)
 
 _DIR_HEADER_TMP = ".umbrafs.dir.rotate"
-_TMP_PREFIX = ".umbrafs.tmp."
-# Same as fs/mount/operations.py: encrypted symlink targets longer than this live in a sidecar.
-LONGLINK_MIN = 3000
 # Ciphertext bytes per step: large enough that the two fdatasyncs of a step cost little next to
 # the AES work, small enough that a live mount waits at most a few ms for one step.
 CHUNK = 2 << 20
@@ -470,25 +468,20 @@ class Rotation:
                 os.close(fd)
             os.rename(tmp, join(rel, fmt.DIR_HEADER_NAME), src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd)
 
-    def _c_name(self, rel: str, b_name: str) -> str:
-        if b_name.startswith(fmt.LONGNAME_PREFIX):
-            return backing.read_small_file(self.root_fd, join(rel, b_name + fmt.LONGNAME_SUFFIX)).decode("ascii")
-        return b_name
-
     def _rename_entries(self, rel: str, old: DirKeys, new: DirKeys) -> list[Renamed]:
         renames: list[Renamed] = []
         names = [name for name, _ in _entries(self.root_fd, rel, reserved=True)]
         for b_name in names:
             b_rel = join(rel, b_name)
-            if b_name.startswith(_TMP_PREFIX):  # a symlink being made when a run was cut short
-                self._drop_link_sidecar(rel, b_rel)
+            if b_name.startswith(TMP_PREFIX):  # a symlink being made when a run was cut short
+                entries.drop_link_sidecar(self.root_fd, rel, b_rel)
                 backing.unlink_quiet(self.root_fd, b_rel)
                 continue
             if is_reserved(b_name):
                 continue
             try:
                 st = os.lstat(b_rel, dir_fd=self.root_fd)
-                c_name = self._c_name(rel, b_name)
+                c_name = entries.read_c_name(self.root_fd, rel, b_name)
             except FileNotFoundError:
                 continue
             try:
@@ -503,8 +496,7 @@ class Rotation:
             new_b = backing_name(new_c) if not converted else b_name
             recreated = False
             if not converted:
-                if is_long(new_c):
-                    backing.write_small_file(self.root_fd, join(rel, new_b + fmt.LONGNAME_SUFFIX), new_c.encode("ascii"))
+                entries.write_longname(self.root_fd, rel, new_c, new_b)
                 if stat.S_ISLNK(st.st_mode):
                     self._recreate_symlink(rel, b_name, new_b, st, old, new)
                     recreated = True
@@ -514,15 +506,14 @@ class Rotation:
                     except FileExistsError:
                         self._problem(f"{b_rel}: its new name exists already; left as it is")
                         continue
-                if b_name.startswith(fmt.LONGNAME_PREFIX):
-                    backing.unlink_quiet(self.root_fd, join(rel, b_name + fmt.LONGNAME_SUFFIX))
+                entries.drop_longname_of(self.root_fd, rel, b_name)
                 renames.append(Renamed(p_name, c_name, b_name, new_c, new_b, st, recreated))
             new_rel = join(rel, new_b)
             if stat.S_ISDIR(st.st_mode):
                 self._rewrap_dir_slot(new_rel, old, new)
             elif stat.S_ISREG(st.st_mode):
                 self._rewrap_file_slot(new_rel, old, new)
-        self._sweep_sidecars(rel)
+        entries.sweep_sidecars(self.root_fd, rel, names=True)  # left by a run that was cut short
         return renames
 
     def _rewrap_dir_slot(self, rel: str, old: DirKeys, new: DirKeys) -> None:
@@ -558,57 +549,20 @@ class Rotation:
             finally:
                 os.close(fd)
 
-    def _read_link(self, rel: str, b_name: str, k: DirKeys) -> bytes:
-        c_target = os.readlink(join(rel, b_name), dir_fd=self.root_fd)
-        if c_target.startswith(fmt.LONGNAME_PREFIX):
-            c_target = backing.read_small_file(self.root_fd, join(rel, c_target + fmt.LONGLINK_SUFFIX)).decode("ascii")
-        return k.decrypt_link(c_target)
-
     def _recreate_symlink(self, rel: str, b_old: str, b_new: str, st: os.stat_result, old: DirKeys, new: DirKeys) -> None:
         """A symlink's target is sealed under its directory's key: make it anew, then swap."""
-        target = self._read_link(rel, b_old, old)
-        tmp = _TMP_PREFIX + os.urandom(8).hex()
-        c_target = new.encrypt_link(target)
-        if len(c_target) > LONGLINK_MIN:
-            marker = fmt.LONGNAME_PREFIX + os.urandom(16).hex()
-            backing.write_small_file(self.root_fd, join(rel, marker + fmt.LONGLINK_SUFFIX), c_target.encode("ascii"))
-            c_target = marker
-        os.symlink(c_target, join(rel, tmp), dir_fd=self.root_fd)
-        if backing.IS_ROOT:
-            os.chown(join(rel, tmp), st.st_uid, st.st_gid, dir_fd=self.root_fd, follow_symlinks=False)
+        target = entries.read_link(self.root_fd, rel, b_old, old)
+        tmp = entries.make_temp_symlink(self.root_fd, rel, target, new, st)
         with contextlib.suppress(OSError):
             os.utime(join(rel, tmp), ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.root_fd, follow_symlinks=False)
         try:
             backing.renameat2(self.root_fd, join(rel, tmp), join(rel, b_new), backing.RENAME_NOREPLACE)
         except FileExistsError:  # made by a run that was cut short before it removed the old one
-            self._drop_link_sidecar(rel, join(rel, tmp))
+            entries.drop_link_sidecar(self.root_fd, rel, join(rel, tmp))
             backing.unlink_quiet(self.root_fd, join(rel, tmp))
         if st.st_nlink <= 1:
-            self._drop_link_sidecar(rel, join(rel, b_old))
+            entries.drop_link_sidecar(self.root_fd, rel, join(rel, b_old))
         backing.unlink_quiet(self.root_fd, join(rel, b_old))
-
-    def _drop_link_sidecar(self, rel: str, link_rel: str) -> None:
-        with contextlib.suppress(OSError):
-            marker = os.readlink(link_rel, dir_fd=self.root_fd)
-            if marker.startswith(fmt.LONGNAME_PREFIX) and len(marker) == 33:
-                backing.unlink_quiet(self.root_fd, join(rel, marker + fmt.LONGLINK_SUFFIX))
-
-    def _sweep_sidecars(self, rel: str) -> None:
-        """Sidecars whose entry or symlink is gone (left by a run that was cut short)."""
-        entries = _entries(self.root_fd, rel, reserved=True)
-        names = {name for name, _ in entries}
-        markers = set()
-        for name, _ in entries:
-            if not is_reserved(name):
-                with contextlib.suppress(OSError):  # EINVAL: not a symlink
-                    markers.add(os.readlink(join(rel, name), dir_fd=self.root_fd))
-        for name in names:
-            if not name.startswith(fmt.LONGNAME_PREFIX):
-                continue
-            if name.endswith(fmt.LONGNAME_SUFFIX) and name[: -len(fmt.LONGNAME_SUFFIX)] not in names:
-                backing.unlink_quiet(self.root_fd, join(rel, name))
-            elif name.endswith(fmt.LONGLINK_SUFFIX) and name[: -len(fmt.LONGLINK_SUFFIX)] not in markers:
-                backing.unlink_quiet(self.root_fd, join(rel, name))
 
     def _rekey_xattrs(self, fd: int, old: XattrCipher, new: XattrCipher, what: str) -> None:
         try:
