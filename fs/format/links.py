@@ -11,6 +11,7 @@ through fs/vault/entries.py.
 from __future__ import annotations
 
 import os
+import re
 
 from fs.format.layout import LONGLINK_SUFFIX, LONGNAME_PREFIX
 
@@ -32,8 +33,13 @@ def new_marker() -> str:
     return LONGNAME_PREFIX + os.urandom(_MARKER_RANDOM).hex()
 
 
+_MARKER = re.compile(re.escape(LONGNAME_PREFIX) + "[0-9a-f]{%d}" % (2 * _MARKER_RANDOM))
+
+
 def is_marker(c_target: str) -> bool:
-    return len(c_target) == LINK_MARKER_LEN and c_target.startswith(LONGNAME_PREFIX)
+    """Exactly the form new_marker makes: anything else starting with ``~`` (say
+    ``~/../../x``, planted by another writer) must never be joined into a sidecar path."""
+    return _MARKER.fullmatch(c_target) is not None
 
 
 def sidecar_name(marker: str) -> str:

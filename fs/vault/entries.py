@@ -21,7 +21,8 @@ from collections.abc import Iterator
 
 from fs.format import layout as fmt
 from fs.format import links
-from fs.format.names import is_long
+from fs.errors import IntegrityError
+from fs.format.names import backing_name, is_long
 from fs.vault import backing
 from fs.vault.backing import join
 from fs.vault.headers import DirKeys
@@ -49,10 +50,15 @@ def drop_longname_of(root_fd: int, parent_rel: str, b_name: str) -> None:
 
 
 def read_c_name(root_fd: int, parent_rel: str, b_name: str) -> str:
-    """The full encrypted name behind backing name *b_name*."""
-    if b_name.startswith(fmt.LONGNAME_PREFIX):
-        return backing.read_small_file(root_fd, join(parent_rel, b_name + fmt.LONGNAME_SUFFIX)).decode("ascii")
-    return b_name
+    """The full encrypted name behind backing name *b_name*.  A sidecar must hold the name
+    whose hash is its entry's: one copied over another's would list (and, with the
+    kernel's cache, serve) entry Z under name A."""
+    if not b_name.startswith(fmt.LONGNAME_PREFIX):
+        return b_name
+    c_name = backing.read_small_file(root_fd, join(parent_rel, b_name + fmt.LONGNAME_SUFFIX)).decode("ascii")
+    if not is_long(c_name) or backing_name(c_name) != b_name:
+        raise IntegrityError(f"long-name sidecar of {b_name} holds another entry's name")
+    return c_name
 
 
 @contextlib.contextmanager
@@ -72,6 +78,8 @@ def new_entry(root_fd: int, parent_rel: str, c_name: str, b_name: str) -> Iterat
 def link_target(root_fd: int, parent_rel: str, c_target: str, keys: DirKeys) -> bytes:
     """The plaintext target of a backing symlink in *parent_rel* pointing at *c_target*."""
     if c_target.startswith(fmt.LONGNAME_PREFIX):
+        if not links.is_marker(c_target):
+            raise IntegrityError("symlink target is neither sealed nor a sidecar marker")
         c_target = backing.read_small_file(root_fd, join(parent_rel, links.sidecar_name(c_target))).decode("ascii")
     return keys.decrypt_link(c_target)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fs.vault import backing
 from fs.format import layout as fmt
 from fs.vault.backing import join
 from fs.vault.content import OpenFile
+from fs.vault.entries import link_target, read_c_name
 from fs.errors import IntegrityError, UmbrafsError
 from fs.vault.headers import DirKeys, load_dir_keys, owner_keys, read_file_header
 from fs.format.names import is_reserved
@@ -102,10 +102,7 @@ def _walk(root_fd: int, rel: str, plain: str, keys: DirKeys, report: Report) -> 
                 report.problems.append(Problem(b_rel, plain + "/", "long-name sidecar without its entry"))
             continue
         try:
-            if b_name.startswith(fmt.LONGNAME_PREFIX):
-                c_name = backing.read_small_file(root_fd, join(rel, b_name + fmt.LONGNAME_SUFFIX)).decode("ascii")
-            else:
-                c_name = b_name
+            c_name = read_c_name(root_fd, rel, b_name)
             p_name = keys.names.decrypt(c_name).decode("utf-8", "backslashreplace")
         except (IntegrityError, OSError, UnicodeDecodeError) as exc:
             report.problems.append(Problem(b_rel, plain + "/?", f"name: {exc}"))
@@ -126,8 +123,7 @@ def _walk(root_fd: int, rel: str, plain: str, keys: DirKeys, report: Report) -> 
                 c_target = os.readlink(b_rel, dir_fd=root_fd)
                 if c_target.startswith(fmt.LONGNAME_PREFIX):
                     markers.add(c_target)
-                    c_target = backing.read_small_file(root_fd, join(rel, c_target + fmt.LONGLINK_SUFFIX)).decode("ascii")
-                keys.decrypt_link(c_target)
+                link_target(root_fd, rel, c_target, keys)
             else:
                 report.others += 1
         except (UmbrafsError, OSError, UnicodeDecodeError) as exc:

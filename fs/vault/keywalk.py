@@ -20,9 +20,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from fs.vault import backing
-from fs.format import layout as fmt
-from fs.vault.backing import join
+from fs.vault.backing import join, safe_rel as _safe_rel
+from fs.vault.entries import read_c_name
 from fs.errors import IntegrityError, NotAVault, UmbrafsError
 from fs.vault.headers import DirKeys, load_dir_keys, owner_keys, read_dir_header, read_file_header
 from fs.format.names import NAME_MAX, backing_name, is_reserved
@@ -116,10 +115,7 @@ def find(vault: UnlockedVault, plain_path: str | bytes) -> Target:
         os.close(fd)
 
 
-def _c_name(fd: int, dir_rel: str, b_name: str) -> str:
-    if b_name.startswith(fmt.LONGNAME_PREFIX):
-        return backing.read_small_file(fd, join(dir_rel, b_name + fmt.LONGNAME_SUFFIX)).decode("ascii")
-    return b_name
+_c_name = read_c_name
 
 
 def plain_path(vault: UnlockedVault, backing_rel: str) -> str:
@@ -199,11 +195,6 @@ def locate(vault_path: os.PathLike[str] | str, backing_rel: str, obj_id: bytes, 
         os.close(fd)
     what = "directory" if kind == KIND_DIR else "file"
     raise PathNotFound(f"the shared {what} is no longer in the vault (deleted?)")
-
-
-def _safe_rel(rel: str) -> bool:
-    parts = rel.split("/")
-    return rel == "." or (not rel.startswith("/") and all(p and p not in (".", "..") for p in parts))
 
 
 def open_dir(vault_path: os.PathLike[str] | str, rel: str) -> int:

@@ -228,3 +228,54 @@ def test_planted_journal_symlinks_are_not_followed_by_a_rotation(env: Env, vault
     with live_mount(env, vault, env.tmp / "mnt") as m:
         assert len((m.path / "d" / "big.bin").read_bytes()) == 3 << 20
         assert (m.path / "d" / "small.txt").read_text() == "small\n"
+
+
+# -- sidecars ------------------------------------------------------------------------------
+
+def test_a_long_name_sidecar_copied_over_another_is_refused(mounted: Mount) -> None:
+    """Finding 10: copying ~h1.name over ~h2.name listed entry ~h2 under h1's name, so reading
+    name A returned file Z's content."""
+    m = mounted.path
+    a, z = "a" * 200, "z" * 200
+    (m / a).write_text("content of the A file\n")
+    (m / z).write_text("content of the Z file\n")
+
+    def plant() -> None:
+        sidecars = {p.read_text(): p for p in _sidecars(mounted.vault, fmt.LONGNAME_SUFFIX)}
+        assert len(sidecars) == 2
+        (first, path_a), (second, path_z) = sorted(sidecars.items())  # which is which does not matter
+        path_a.write_text(second)  # entry 1 now claims entry 2's name
+
+    _offline(mounted, plant)
+    listing = os.listdir(m)
+    assert len(listing) == 1 and len(set(listing)) == 1, [n[:3] for n in listing]
+    (only,) = listing
+    assert (m / only).read_text() == f"content of the {only[0].upper()} file\n"
+    assert "holds another entry's name" in mounted.log()
+    fsck = mounted.env.run("fsck", mounted.vault, "--passphrase-file", mounted.env.passfile)
+    assert fsck.returncode == 16 and "holds another entry's name" in fsck.stdout + fsck.stderr
+
+
+def test_a_symlink_marker_pointing_outside_the_vault_is_not_followed(mounted: Mount) -> None:
+    """Finding 11: a backing symlink target starting with "~" was joined as <dir>/<target>.link,
+    so "~/../../<name>" (with a planted directory "~") let the mount read, and unlink, a
+    .link file outside the vault."""
+    m, vault = mounted.path, mounted.vault
+    victim = mounted.env.tmp / ("v" * 25 + ".link")  # vault/~/../../ is the vault's parent
+    victim.write_text("not the vault's\n")
+    os.symlink("somewhere", m / "link")
+
+    def plant() -> None:
+        (vault / "~").mkdir()
+        (backing_link,) = [p for p in vault.iterdir() if p.is_symlink()]
+        marker = "~/../../" + "v" * 25
+        assert len(marker) == 33  # the length of a real marker: unlink drops its sidecar
+        backing_link.unlink()
+        backing_link.symlink_to(marker)
+
+    _offline(mounted, plant)
+    result, took = _timed("readlink", m / "link")
+    assert result.returncode != 0 and took < 5
+    os.unlink(m / "link")
+    assert victim.read_text() == "not the vault's\n"
+    assert "neither sealed nor a sidecar marker" in mounted.log()
