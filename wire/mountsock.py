@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Iterator
 
 from wire import daemonsock as protocol
 from wire.errors import MountControlError
-from wire.procfs import mounted_paths, pid_alive
+from wire.procfs import mounted_paths, pid_alive, serves_fuse
 
 MOUNTS_DIR = "mounts"
 # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/<dir fd>/<name>.
@@ -117,10 +118,23 @@ def request(
         if found is None:
             raise MountControlError(f"no live mount with source {source_or_message!r}")
         info, msg = found, message
-    return request_socket(info.control, msg, timeout)
+    return request_socket(info.control, msg, timeout, server_pid=info.pid)
 
 
-def request_socket(control: str, message: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
+def _check_server(sock: socket.socket, control: str, server_pid: int) -> None:
+    """The socket is served by the mount's own process: a same-uid process that replaced the
+    socket (or the record's `control` field) after a lock must not be handed a passphrase
+    (security review, finding 13)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _ = struct.unpack("3i", creds)
+    if uid not in (os.geteuid(), 0) or pid != server_pid or not serves_fuse(pid):
+        raise MountControlError(f"{control} is served by pid {pid} (uid {uid}), not by the mount's process "
+                                f"{server_pid}: nothing sent")
+
+
+def request_socket(control: str, message: dict[str, Any], timeout: float = 2.0,
+                   server_pid: int | None = None) -> dict[str, Any]:
+    """*server_pid*: refuse unless that process (a FUSE server) answers on the socket."""
     if not control:
         raise MountControlError("this mount has no control socket (started by an older umbrafs)")
     deadline = time.monotonic() + timeout
@@ -130,6 +144,8 @@ def request_socket(control: str, message: dict[str, Any], timeout: float = 2.0) 
         try:
             with socket_address(control) as address:
                 sock.connect(address)
+            if server_pid is not None:
+                _check_server(sock, control, server_pid)
             sock.sendall(protocol.encode(message))
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             return protocol.receive(sock)

@@ -5,6 +5,7 @@ Events and version records name the process behind a request; reading /proc for 
 would cost a syscall each, and pids are reused, so a name is trusted for two seconds only."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -72,3 +73,18 @@ def mount_device(mountpoint: str) -> str | None:
     mountinfo: no stat, since stat-ing our own mount before its loop runs would hang."""
     devices = [fields[2] for fields in _mountinfo() if _unescape(fields[4]) == mountpoint]
     return devices[-1] if devices else None
+
+
+def serves_fuse(pid: int) -> bool:
+    """Whether process *pid* holds /dev/fuse open (every FUSE server does; a process that
+    only pretends to be a mount's control socket does not, unless it opens it too)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"{fd_dir}/{name}") == "/dev/fuse":
+                return True
+    return False

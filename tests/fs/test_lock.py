@@ -9,6 +9,8 @@ import contextlib
 import errno
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from cli import exitcodes
 from wire.mountsock import find_by_mountpoint, request
 from tests.cli import test_sharing
 from tests.cli.test_sharing import World
-from tests.conftest import Env, Mount, is_mounted, live_mount, process_gone
+from tests.conftest import PASSPHRASE, Env, Mount, is_mounted, live_mount, process_gone
 
 
 # Fixtures of the sharing tests: alice, bob, three proxy processes (used by the share-mount test).
@@ -154,3 +156,46 @@ def test_share_mounts_lock_and_unlock_with_the_identity_passphrase(w: World) -> 
         w.bob.run("unlock", view.path, "--passphrase-file", w.bob.passfile, check=True)
         assert os.listdir(view.path) == ["a.txt"]
         assert (view.path / "a.txt").read_text() == "alpha\n"
+
+
+_IMPOSTOR = r"""
+import os, socket, sys
+path, out = sys.argv[1], sys.argv[2]
+os.unlink(path)
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(4)
+print("ready", flush=True)
+s.settimeout(30)
+with open(out, "ab") as f:
+    while True:
+        try:
+            c, _ = s.accept()
+        except socket.timeout:
+            break
+        c.settimeout(2)
+        try:
+            f.write(c.recv(65536))
+            f.flush()
+        except OSError:
+            pass
+        c.close()
+"""
+
+
+def test_unlock_sends_no_passphrase_to_a_socket_the_mount_does_not_serve(env: Env, mounted: Mount) -> None:
+    """Security review, finding 13: after a lock, same-uid malware replaced the mount's control
+    socket, and the user's `umbrafs unlock` handed it the vault passphrase."""
+    env.run("lock", mounted.path, "--reason", "test", check=True)
+    control = env.mount_record(mounted.path)["control"]
+    caught = env.tmp / "caught"
+    impostor = subprocess.Popen([sys.executable, "-c", _IMPOSTOR, control, str(caught)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert impostor.stdout is not None and impostor.stdout.readline().strip() == "ready"
+        result = env.run("unlock", mounted.path, "--passphrase-file", env.passfile)
+        assert result.returncode != 0
+        assert "not by the mount's process" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    finally:
+        impostor.kill()
+        impostor.wait(timeout=10)
+    assert PASSPHRASE.encode() not in (caught.read_bytes() if caught.exists() else b"")
