@@ -154,6 +154,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stop.set)
         await self.ledger.append([self.own_event("daemon-start")])
+        for path, why in self.ledger.bad_anchors:  # replaced by someone who can write the vault
+            await self.ledger.append([self.own_event("integrity", path=str(path), detail={"anchor": why})])
         await self.detector.start(await self.ledger.size())  # baselines from the history, in the background
         await self.sweep()
         await self.ledger.checkpoint()  # the anchor exists from the first start on
@@ -306,8 +308,8 @@ async def run(home: Path, signer: Ed25519PrivateKey, ready: Callable[[], None] =
         raise DaemonError(f"a daemon is already running (pid {running_pid(home)})")
     pidfile.write_text(f"{os.getpid()}\n")
     try:
-        anchors = [anchor_path(home), *saved_vault_anchors(home)]
-        ledger = await Ledger.open(ledger_path(home), signer, anchors=anchors)
+        ledger = await Ledger.open(ledger_path(home), signer, anchors=[anchor_path(home)],
+                                   loose_anchors=saved_vault_anchors(home))
         try:
             await Daemon(home, ledger, key_id_of(signer.public_key()), guard).serve(ready)
         finally:

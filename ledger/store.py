@@ -56,6 +56,8 @@ class Ledger:
         self._lock = asyncio.Lock()
         self._signer: Ed25519PrivateKey
         self._anchors: tuple[Path, ...] = ()
+        self._loose: frozenset[Path] = frozenset()
+        self.bad_anchors: list[tuple[Path, str]] = []  # loose anchors found unusable at open
         self._every = 1000
         self._interval = 10.0
         self._size = 0
@@ -71,12 +73,19 @@ class Ledger:
 
     @classmethod
     async def open(cls, path: Path, signer: Ed25519PrivateKey, anchors: Sequence[Path] = (),
-                   checkpoint_every: int = 1000, checkpoint_interval: float = 10.0) -> "Ledger":
+                   checkpoint_every: int = 1000, checkpoint_interval: float = 10.0,
+                   loose_anchors: Sequence[Path] = ()) -> "Ledger":
+        """*anchors* must agree with the database; so must *loose_anchors* (the copies in
+        vaults, which others can write) when they carry this ledger's signature, but one that
+        is unreadable or signed by another key is no evidence of anything (nobody can forge
+        our signature): it is reported in ``bad_anchors`` and overwritten at the next
+        checkpoint instead of keeping the ledger, and with it the detector, from starting."""
         if checkpoint_every < 1 or checkpoint_interval <= 0:
             raise LedgerError("checkpoint_every must be >= 1 and checkpoint_interval > 0")
         self = cls()
         self._signer = signer
-        self._anchors = tuple(Path(a) for a in anchors)
+        self._anchors = tuple(Path(a) for a in (*anchors, *loose_anchors))
+        self._loose = frozenset(Path(a) for a in loose_anchors)
         self._every = checkpoint_every
         self._interval = checkpoint_interval
         path = Path(path)
@@ -307,13 +316,23 @@ class Ledger:
             try:
                 cp = read_anchor(path)
             except CheckpointError as exc:
+                if path in self._loose:
+                    self._bad_anchor(path, str(exc))
+                    continue
                 raise LedgerTampered(str(exc)) from None
             if cp is None:
                 log.info("ledger anchor %s does not exist yet; it will be written at the next checkpoint", path)
                 continue
             if cp.key_id != key_id_of(self._signer.public_key()):
+                if path in self._loose:
+                    self._bad_anchor(path, f"signed by another key ({cp.key_id})")
+                    continue
                 raise LedgerTampered(f"anchor {path} was signed by another key ({cp.key_id})")
             await self._check_against_db(cp, f"the checkpoint anchored in {path}")
+
+    def _bad_anchor(self, path: Path, why: str) -> None:
+        log.error("ledger anchor %s is not this ledger's (%s): replaced at the next checkpoint", path, why)
+        self.bad_anchors.append((path, why))
 
     async def _unseen(self, conn: aiosqlite.Connection, events: Sequence[Event]) -> list[Event]:
         """Events whose (source, seq) is neither stored nor earlier in this batch, in order.

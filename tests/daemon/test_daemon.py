@@ -15,10 +15,12 @@ from pathlib import Path
 from wire import daemonsock as protocol
 from daemon.paths import ledger_path
 from ledger.events import Event
-from tests.conftest import Env, force_unmount, live_mount, process_gone
+from ledger.anchor import read_anchor
+from proxy import keyring as identity_mod
+from tests.conftest import PASSPHRASE, Env, force_unmount, live_mount, new_env, process_gone
 from tests.fs.posix_support import drop_cache
 
-from tests.daemon.conftest import Daemon, wait_for
+from tests.daemon.conftest import FAST_IDENTITY_KDF, Daemon, wait_for
 
 
 def _mine(events: list[tuple[int, Event]], source: str | None = None, op: str | None = None) -> list[Event]:
@@ -346,6 +348,32 @@ def test_rolling_back_the_whole_state_directory_is_caught_by_the_vault_anchor(ae
     refused = aenv.run("daemon", "start", "--passphrase-file", aenv.passfile)
     assert refused.returncode == 21 and refused.stderr.count("\n") == 1, refused.stderr
 
+
+def test_a_vault_anchor_replaced_by_a_storage_attacker_does_not_keep_the_daemon_down(aenv: Env, daemon: Daemon) -> None:
+    """Security review, finding 15: any recipient or sync peer could switch the audit and the
+    detector off by writing garbage, or another ledger's signed checkpoint, into the vault's
+    anchor. Neither is evidence against this ledger (nobody can forge its signature): the
+    daemon starts, records an integrity event, and writes its own checkpoint there again."""
+    vault = aenv.init(aenv.tmp / "vault")
+    with live_mount(aenv, vault, aenv.tmp / "mnt") as m:
+        (m.path / "a").write_text("1")
+    daemon.stop()
+    (anchor,) = vault.glob(".umbrafs.ledger-*.json")
+    ours = read_anchor(aenv.home / "ledger-checkpoint.json").key_id
+    (aenv.tmp / "foreign").mkdir()
+    foreign = new_env(aenv.tmp / "foreign")
+    identity_mod.create(foreign.home, "mallory", PASSPHRASE.encode(), FAST_IDENTITY_KDF)
+    foreign.run("daemon", "start", "--passphrase-file", foreign.passfile, check=True)
+    foreign.run("daemon", "stop", check=True)
+    for planted in (b"not a checkpoint\n", (foreign.home / "ledger-checkpoint.json").read_bytes()):
+        anchor.write_bytes(planted)
+        daemon.start()
+        with live_mount(aenv, vault, aenv.tmp / "mnt") as m:
+            (m.path / "after").write_text("2")
+        daemon.stop()
+        assert any(e.op == "integrity" and e.path == str(anchor) for e in _mine(daemon.events()))
+        assert read_anchor(anchor).key_id == ours  # this ledger's checkpoint again
+    assert "ledger ok" in aenv.run("audit", "verify", check=True).stdout
 
 def test_consistency_with_a_saved_checkpoint(aenv: Env, daemon: Daemon) -> None:
     vault = aenv.init(aenv.tmp / "vault")
