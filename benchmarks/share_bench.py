@@ -170,7 +170,7 @@ class World:
 # -- 1. share a directory ---------------------------------------------------------------------
 
 def share_steps(w: World, unlocked: vault_mod.UnlockedVault, plain: str) -> str:
-    """What `umbrafs share` does once both passphrases are in (cli/share_cmds.py `share`)."""
+    """What `umbrafs share` does once both passphrases are in (proxy/sharing.py `create_share`)."""
     target = keywalk.find(unlocked, plain)
     sealed, delegation = seal(target.key + target.name)
     grant_id = client.new_grant_id()

@@ -17,8 +17,8 @@ import click
 
 from daemon.paths import ledger_path
 
-from cli import passphrase
-from cli.audit_cmds import parse_since
+from cli import common, passphrase
+from cli.common import parse_since
 from cli.state import State
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,6 @@ def policy() -> None:
     """What the daemon does when it flags an anomaly in a vault: alert, lock, revoke or unmount."""
 
 
-def _vault(state: State, where: Path) -> Path:
-    from cli.share_cmds import _vault_of
-
-    return _vault_of(state, where)
-
-
 @policy.command("set")
 @click.argument("where", type=click.Path(path_type=Path), metavar="VAULT_OR_MOUNTPOINT")
 @click.option("--on-anomaly", "action", type=click.Choice(["alert", "lock", "revoke", "unmount"]), required=True,
@@ -130,7 +124,7 @@ def set_(state: State, where: Path, action: str, threshold: float, passphrase_fi
     from daemon import policy as policy_mod
     from fs.vault import config as vault_mod
 
-    vault = _vault(state, where)
+    vault = common.vault_of(state, where)
     unlocked = vault_mod.unlock(vault, passphrase.get(passphrase_file, prompt="Vault passphrase"))
     data = policy_mod.make(vault, unlocked.owner_key, action, int(round(threshold * 1000)))
     policy_mod.write(vault, data)
@@ -154,7 +148,7 @@ def show(state: State, where: Path, as_json: bool) -> None:
     """Show the vault's policy and whether its signature holds."""
     from daemon import policy as policy_mod
 
-    vault = _vault(state, where)
+    vault = common.vault_of(state, where)
     path = policy_mod.policy_path(vault)
     if not path.exists():
         doc: dict[str, Any] = {**policy_mod.Policy().to_dict(), "vault": str(vault), "valid": True}

@@ -8,10 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import pwd
-import re
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -22,34 +19,9 @@ from daemon.paths import anchor_path, ledger_path, saved_vault_anchors
 from ledger.errors import LedgerError
 from ledger.events import OPS
 
-from cli import exitcodes
-from cli.identities import identity_option, signing_public_key
+from cli import common, exitcodes
+from cli.common import parse_since, parse_user
 from cli.state import State
-
-_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_since(text: str) -> int:
-    """'90m', '2d', an ISO date or date-time (local time unless it says otherwise) → ns since the epoch."""
-    m = _RELATIVE.match(text.strip())
-    if m:
-        return time.time_ns() - int(m.group(1)) * _UNIT[m.group(2)] * 1_000_000_000
-    try:
-        moment = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use e.g. 30m, 2h, 7d or 2026-11-29T08:00") from None
-    return min(int(moment.timestamp() * 1e9), (1 << 63) - 1)
-
-
-def parse_user(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise click.BadParameter(f"no such user {text!r}") from None
-
 
 def _ledger(state: State) -> Path:
     path = ledger_path(state.home)
@@ -105,7 +77,7 @@ def log_cmd(state: State, since: str | None, path_prefix: str | None, op: str | 
 
 
 @audit.command()
-@identity_option
+@common.identity_option
 @click.pass_obj
 def verify(state: State, identity: str | None) -> None:
     """Check every entry, the Merkle tree, every checkpoint signature and the anchored checkpoint.
@@ -117,7 +89,7 @@ def verify(state: State, identity: str | None) -> None:
     with contextlib.suppress(DaemonError):
         client.request(state.home, {"type": "checkpoint"})  # a running daemon signs what it has so far
 
-    report = verify_ledger(_ledger(state), signing_public_key(state, identity), anchors=[anchor_path(state.home), *saved_vault_anchors(state.home)])
+    report = verify_ledger(_ledger(state), common.signing_public_key(state, identity), anchors=[anchor_path(state.home), *saved_vault_anchors(state.home)])
     for problem in report.problems:
         click.echo(f"PROBLEM {problem}")
     if report.ok:
@@ -148,7 +120,7 @@ def prove(state: State, idx: int, size: int | None) -> None:
 
 @audit.command("check-proof")
 @click.argument("proof_file", type=click.File("r"))
-@identity_option
+@common.identity_option
 @click.pass_obj
 def check_proof(state: State, proof_file, identity: str | None) -> None:  # type: ignore[no-untyped-def]
     """Check an inclusion proof made by `audit prove` against the signed checkpoint it names."""
@@ -156,7 +128,7 @@ def check_proof(state: State, proof_file, identity: str | None) -> None:  # type
 
     try:
         doc = json.load(proof_file)
-        ok = store.check_inclusion_proof(doc, signing_public_key(state, identity))
+        ok = store.check_inclusion_proof(doc, common.signing_public_key(state, identity))
     except (ValueError, KeyError, TypeError) as exc:
         raise click.ClickException(f"not an inclusion proof: {exc}") from None
     if not ok:
@@ -167,7 +139,7 @@ def check_proof(state: State, proof_file, identity: str | None) -> None:  # type
 
 @audit.command()
 @click.argument("saved", type=click.File("rb"))
-@identity_option
+@common.identity_option
 @click.option("--json", "as_json", is_flag=True, help="Print the proof document too.")
 @click.pass_obj
 def consistency(state: State, saved, identity: str | None, as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -179,7 +151,7 @@ def consistency(state: State, saved, identity: str | None, as_json: bool) -> Non
     from ledger import merkle, read, store
     from ledger.checkpoint import Checkpoint, verify_checkpoint
 
-    public_key = signing_public_key(state, identity)
+    public_key = common.signing_public_key(state, identity)
     try:
         old = Checkpoint.from_json(saved.read())
     except (ValueError, LedgerError) as exc:

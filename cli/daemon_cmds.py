@@ -12,9 +12,7 @@ from wire import daemonclient as client
 from daemon.paths import running_pid
 from wire.errors import DaemonError, DaemonUnavailable
 
-from cli import detach, exitcodes, passphrase
-from cli.identities import identity_option, resolve_identity, unlock_identity
-from cli.identity_cmds import _kdf, kdf_options
+from cli import common, detach, exitcodes, passphrase
 from cli.state import State
 
 
@@ -25,7 +23,7 @@ def daemon() -> None:
 
 @daemon.command()
 @click.option("-f", "--foreground", is_flag=True, help="Stay attached and log to stderr.")
-@identity_option
+@common.identity_option
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help="The identity's passphrase (else $UMBRAFS_PASSPHRASE, else a prompt).")
 @click.option("--passphrase-fd", type=int, hidden=True)
 @click.option("--ready-fd", type=int, hidden=True)
@@ -43,17 +41,17 @@ def start(
             raise SystemExit(1)
         click.echo(f"daemon already running (pid {pid})")
         return
-    name = resolve_identity(state, identity)
+    name = common.resolve_identity(state, identity)
     if not foreground and ready_fd is None:
         secret = passphrase.get(passphrase_file, prompt=f"Passphrase of identity {name}")
-        unlock_identity(state, name, secret)  # a wrong passphrase fails here, not in the child
+        common.unlock_identity(state, name, secret)  # a wrong passphrase fails here, not in the child
         detach.spawn(["--home", str(state.home), "daemon", "start", "--identity", name], secret,
                      state.logs_dir / "daemon.log", "daemon")
         click.echo(f"daemon started (pid {running_pid(state.home)})")
         return
     try:
         secret = passphrase.read_fd(passphrase_fd) if passphrase_fd is not None else passphrase.get(passphrase_file)
-        signer = unlock_identity(state, name, secret).ed25519_sk
+        signer = common.unlock_identity(state, name, secret).ed25519_sk
         from daemon import service  # the ledger and its dependencies load only here
         from daemon.respond import load_guard
 
@@ -109,9 +107,9 @@ def train(state: State, as_json: bool) -> None:
 
 
 @daemon.command()
-@identity_option
+@common.identity_option
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help="The identity's passphrase (else $UMBRAFS_PASSPHRASE, else a prompt).")
-@kdf_options
+@common.kdf_options
 @click.pass_obj
 def credential(state: State, identity: str | None, passphrase_file: Path | None, kdf_memory_kib: int,
                kdf_iterations: int, kdf_lanes: int) -> None:
@@ -121,14 +119,14 @@ def credential(state: State, identity: str | None, passphrase_file: Path | None,
     from daemon.respond import guard_home, guard_name
 
     state.ensure()
-    name = resolve_identity(state, identity)
+    name = common.resolve_identity(state, identity)
     secret = passphrase.get(passphrase_file, prompt=f"Passphrase of identity {name}")
-    unlock_identity(state, name, secret)  # wrapped under the same passphrase the daemon starts with
+    common.unlock_identity(state, name, secret)  # wrapped under the same passphrase the daemon starts with
     home = guard_home(state.home)
     home.mkdir(mode=0o700, exist_ok=True)
     guard = guard_name(name)
     if not identity_mod.identity_path(home, guard).exists():
-        identity_mod.create(home, guard, secret, _kdf(kdf_memory_kib, kdf_iterations, kdf_lanes))
+        identity_mod.create(home, guard, secret, common.kdf_params(identity_mod.KdfParams, kdf_memory_kib, kdf_iterations, kdf_lanes))
     public = home / f"{guard}.pub"
     public.write_text(identity_mod.export_public(home, guard), encoding="utf-8")
     click.echo(str(public))

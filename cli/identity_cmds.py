@@ -6,85 +6,36 @@ $UMBRAFS_PASSPHRASE, else a prompt (never argv).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from proxy import keyring as identity_mod
-from proxy.errors import IdentityError, ProxyError
+from proxy.errors import IdentityError
 
-from cli import exitcodes, passphrase
+from cli import common, passphrase
 from cli.state import State
 
-IDENTITY_ENV = "UMBRAFS_IDENTITY_PASSPHRASE"
 
-
-class SharingGroup(click.Group):
-    """A command group whose ProxyErrors end as one line on stderr and a documented exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ProxyError as exc:
-            click.echo(f"umbrafs: {exc}", err=True)
-            ctx.exit(exitcodes.for_error(exc))
-
-
-def identity_passphrase(file: Path | None, confirm: bool = False, prompt: str = "Identity passphrase") -> bytes:
-    env = IDENTITY_ENV if os.environ.get(IDENTITY_ENV) is not None else "UMBRAFS_PASSPHRASE"
-    return passphrase.get(file, env=env, confirm=confirm, prompt=prompt)
-
-
-def unlock(state: State, name: str, passphrase_file: Path | None) -> identity_mod.Identity:
-    """Unlock identity NAME for a command (checks it exists before asking for the passphrase)."""
-    identity_mod.load_own_public(state.home, name)
-    return identity_mod.unlock(state.home, name, identity_passphrase(passphrase_file, prompt=f"Passphrase of {name}"))
-
-
-passphrase_file_option = click.option(
-    "--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
-    help=f"First line is the identity's passphrase (else ${IDENTITY_ENV}, $UMBRAFS_PASSPHRASE, a prompt).",
-)
-
-
-def kdf_options(func: Any) -> Any:
-    defaults = identity_mod.KdfParams()
-    func = click.option("--kdf-lanes", type=click.IntRange(1, 64), default=defaults.lanes, show_default=True, help="Argon2id parallelism.")(func)
-    func = click.option("--kdf-iterations", type=click.IntRange(1, 100), default=defaults.iterations, show_default=True, help="Argon2id passes.")(func)
-    func = click.option("--kdf-memory-kib", type=click.IntRange(8, 4 << 20), default=defaults.memory_kib, show_default=True, help="Argon2id memory in KiB.")(func)
-    return func
-
-
-def _kdf(memory_kib: int, iterations: int, lanes: int) -> identity_mod.KdfParams:
-    kdf = identity_mod.KdfParams(memory_kib, iterations, lanes)
-    try:
-        kdf.validate()
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return kdf
-
-
-@click.group(cls=SharingGroup)
+@click.group(cls=common.SharingGroup)
 def identity() -> None:
     """Your identities (keys for sharing) and the public identities of your contacts."""
 
 
 @identity.command()
 @click.argument("name")
-@passphrase_file_option
-@kdf_options
+@common.identity_passphrase_option
+@common.kdf_options
 @click.pass_obj
 def create(state: State, name: str, passphrase_file: Path | None, kdf_memory_kib: int, kdf_iterations: int,
            kdf_lanes: int) -> None:
     """Create identity NAME: Umbral and signing keys, wrapped by a passphrase."""
-    kdf = _kdf(kdf_memory_kib, kdf_iterations, kdf_lanes)
+    kdf = common.kdf_params(identity_mod.KdfParams, kdf_memory_kib, kdf_iterations, kdf_lanes)
     identity_mod.check_name(name)
     if identity_mod.identity_path(state.home, name).exists():
         raise IdentityError(f"identity {name!r} already exists")
-    secret = identity_passphrase(passphrase_file, confirm=True, prompt=f"New passphrase for {name}")
+    secret = common.identity_passphrase(passphrase_file, confirm=True, prompt=f"New passphrase for {name}")
     created = identity_mod.create(state.home, name, secret, kdf)
     click.echo(f"created identity {name} (fingerprint {created.fingerprint})")
 
@@ -140,14 +91,14 @@ def import_(state: State, file: Path, name: str | None, replace: bool) -> None:
 
 @identity.command()
 @click.argument("name")
-@passphrase_file_option
+@common.identity_passphrase_option
 @click.option("--new-passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
               help="New passphrase (else $UMBRAFS_NEW_PASSPHRASE, else a prompt).")
 @click.pass_obj
 def passwd(state: State, name: str, passphrase_file: Path | None, new_passphrase_file: Path | None) -> None:
     """Change the passphrase of identity NAME (the keys stay the same)."""
     identity_mod.load_own_public(state.home, name)
-    old = identity_passphrase(passphrase_file, prompt=f"Current passphrase of {name}")
+    old = common.identity_passphrase(passphrase_file, prompt=f"Current passphrase of {name}")
     identity_mod.unlock(state.home, name, old)  # fail on a wrong passphrase before asking for the new one
     new = passphrase.get(new_passphrase_file, env="UMBRAFS_NEW_PASSPHRASE", confirm=True, prompt="New passphrase")
     identity_mod.change_passphrase(state.home, name, old, new)

@@ -15,12 +15,9 @@ from typing import Any
 import click
 
 from wire.mountsock import MountControlError, MountInfo, find_by_mountpoint, list_mounts, request
-from fs.mount.control.server import ControlRequestError, Rekey, Unlocked
-from fs.errors import MountpointError, UmbrafsError, WrongPassphrase
-from proxy import errors as proxy_errors
+from fs.errors import MountpointError, WrongPassphrase
 
-from cli import passphrase
-from cli.identity_cmds import identity_passphrase
+from cli import common, passphrase
 from cli.state import State
 
 LOCK_TIMEOUT = 30.0  # a lock waits up to 2 s for dirty pages, then invalidates kernel caches
@@ -63,7 +60,7 @@ def unlock(state: State, mountpoint: Path, passphrase_file: Path | None) -> None
     """Give a locked mount its keys back (the vault passphrase; for a share mount, your identity's)."""
     info = _mount(state, mountpoint)
     if info.share_id:
-        secret = identity_passphrase(passphrase_file, prompt=f"Passphrase of identity {info.identity}")
+        secret = common.identity_passphrase(passphrase_file, prompt=f"Passphrase of identity {info.identity}")
     else:
         secret = passphrase.get(passphrase_file, prompt="Vault passphrase")
     message = {"type": "unlock", "passphrase": secret.decode("utf-8", "surrogateescape"), "by": "cli"}
@@ -93,44 +90,6 @@ def mounts(state: State, as_json: bool) -> None:
         reason = f" ({status.get('lock_reason')})" if status.get("lock_reason") else ""
         click.echo(f"{info.mountpoint}\t{locked}{reason}\t{kind}{' ro' if info.read_only else ''}\t"
                    f"vault {info.vault}\tpid {info.pid}\tsince {started}")
-
-
-def share_rekey(state: State, vault: Path, share_id: str, name: str, rel: str) -> Rekey:
-    """How a locked share mount gets its key back: identity passphrase, then cfrags from the proxies."""
-
-    def rekey(secret: bytes) -> Unlocked:
-        from fs.vault import keywalk
-        from fs.vault.headers import DirKeys
-        from fs.mount.singlefile import SharedFile
-        from proxy import keyring as identity_mod
-        from proxy import shares as shares_mod
-        from proxy.client import open_capsule
-
-        from cli.share_cmds import _trusted_record
-
-        try:
-            me_public = identity_mod.load_own_public(state.home, name)
-            record = _trusted_record(state.home, vault, share_id, me_public)
-            me = identity_mod.unlock(state.home, name, secret)
-            payload = open_capsule(list(record.proxies), me, record.owner, record.capsule, record.ciphertext,
-                                   record.threshold, record.grant_id, record.delegating_key)
-            del me
-        except proxy_errors.WrongIdentityPassphrase:
-            raise ControlRequestError("wrong-passphrase", "wrong identity passphrase; the mount stays locked") from None
-        except proxy_errors.AccessRevoked as exc:
-            raise ControlRequestError("revoked", f"the share was revoked: {exc}") from None
-        except proxy_errors.ProxyUnreachable as exc:
-            raise ControlRequestError("unreachable", str(exc)) from None
-        except (proxy_errors.ProxyError, UmbrafsError) as exc:
-            raise ControlRequestError("failed", str(exc)) from None
-        if len(payload) < shares_mod.KEY_LEN:
-            raise ControlRequestError("failed", f"share {share_id}: the sealed key is too short")
-        key, p_name = payload[: shares_mod.KEY_LEN], payload[shares_mod.KEY_LEN :]
-        if record.kind == keywalk.KIND_DIR:
-            return Unlocked(root=DirKeys(record.object_id, key))
-        return Unlocked(shared_file=SharedFile(rel, record.object_id, key, p_name))
-
-    return rekey
 
 
 COMMANDS = [lock, unlock, mounts]

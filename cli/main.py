@@ -37,9 +37,11 @@ def umbrafs(ctx: click.Context, home: Path | None, verbose: int, clock_file: Pat
 
 
 def _register() -> None:
-    from cli import audit_cmds, daemon_cmds, identity_cmds, lock_cmds, proxy_cmds, restore_cmds, share_cmds, vault_cmds
+    from cli import (audit_cmds, daemon_cmds, identity_cmds, lock_cmds, mount_cmds, proxy_cmds, restore_cmds, share_cmds,
+                     vault_cmds)
 
-    for module in (vault_cmds, daemon_cmds, audit_cmds, identity_cmds, proxy_cmds, share_cmds, lock_cmds, restore_cmds):
+    for module in (vault_cmds, mount_cmds, daemon_cmds, audit_cmds, identity_cmds, proxy_cmds, share_cmds, lock_cmds,
+                   restore_cmds):
         for command in module.COMMANDS:
             umbrafs.add_command(command)
     from cli import anomaly_cmds  # anomalies, policy

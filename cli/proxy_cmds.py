@@ -11,9 +11,7 @@ import click
 from proxy import keyring as identity_mod
 from proxy.errors import IdentityError
 
-from cli import exitcodes
-from cli.identities import resolve_identity
-from cli.identity_cmds import SharingGroup, passphrase_file_option, unlock
+from cli import common, exitcodes
 from cli.state import State
 
 DEFAULT_PORT = 8700
@@ -24,7 +22,7 @@ def default_db(state: State, port: int) -> Path:
     return state.home / "proxy" / f"proxy-{port}.db"
 
 
-@click.group(cls=SharingGroup)
+@click.group(cls=common.SharingGroup)
 def proxy() -> None:
     """The proxy re-encryption service and its administration."""
 
@@ -69,7 +67,7 @@ def serve(state: State, host: str, port: int, db: Path | None, admins: tuple[Pat
 def _client(state: State, url: str, name: str | None, passphrase_file: Path | None):  # type: ignore[no-untyped-def]
     from proxy.client import ProxyClient
 
-    return ProxyClient(url, unlock(state, resolve_identity(state, name), passphrase_file))
+    return ProxyClient(url, common.ask_and_unlock_identity(state, common.resolve_identity(state, name), passphrase_file))
 
 
 def _public_of(state: State, who: str) -> identity_mod.PublicIdentity:
@@ -105,7 +103,7 @@ def _scope_of(state: State, scope: tuple[str, ...]) -> list[str]:
 @click.option("--scope", multiple=True, metavar="NAME_OR_FINGERPRINT",
               help="A guard's recipients: contact name, fingerprint, or '*' for all; repeatable (guards only).")
 @click.option("--identity", "as_name", metavar="NAME", help="Your (admin) identity (default: the only one).")
-@passphrase_file_option
+@common.identity_passphrase_option
 @click.pass_obj
 def register(state: State, args: tuple[str, ...], proxies: tuple[str, ...], role: str, scope: tuple[str, ...],
              as_name: str, passphrase_file: Path | None) -> None:
@@ -123,7 +121,7 @@ def register(state: State, args: tuple[str, ...], proxies: tuple[str, ...], role
         raise click.UsageError("--scope is required for --role guard, and only for it")
     public = _public_of(state, args[-1])
     fingerprints = _scope_of(state, scope) if scope else None
-    me = unlock(state, resolve_identity(state, as_name), passphrase_file)
+    me = common.ask_and_unlock_identity(state, common.resolve_identity(state, as_name), passphrase_file)
     for url in urls:
         with ProxyClient(url, me) as client:
             user = client.register(public, role, fingerprints)
@@ -136,7 +134,7 @@ def register(state: State, args: tuple[str, ...], proxies: tuple[str, ...], role
 @click.option("--identity", "as_name", metavar="NAME", help="Your identity (default: the only one).")
 @click.option("--active", is_flag=True, help="Only grants that are not revoked.")
 @click.option("--json", "as_json", is_flag=True)
-@passphrase_file_option
+@common.identity_passphrase_option
 @click.pass_obj
 def grants(state: State, url: str, as_name: str, active: bool, as_json: bool, passphrase_file: Path | None) -> None:
     """List the grants you may see at the proxy URL (an admin sees all)."""
@@ -156,14 +154,14 @@ def grants(state: State, url: str, as_name: str, active: bool, as_json: bool, pa
 @click.option("--proxy", "proxies", multiple=True, required=True, metavar="URL", help="Every proxy holding the grant; repeat.")
 @click.option("--threshold", type=int, required=True, help="The grant's M.")
 @click.option("--identity", "as_name", metavar="NAME", help="The grant's owner or an admin (default: the only identity).")
-@passphrase_file_option
+@common.identity_passphrase_option
 @click.pass_obj
 def revoke(state: State, grant_id: str, proxies: tuple[str, ...], threshold: int, as_name: str,
            passphrase_file: Path | None) -> None:
     """Delete GRANT_ID's kfrags at the proxies; exit 31 if revocation does not hold yet."""
     from proxy.client import revoke as revoke_grant
 
-    report = revoke_grant(list(proxies), unlock(state, resolve_identity(state, as_name), passphrase_file), grant_id, threshold)
+    report = revoke_grant(list(proxies), common.ask_and_unlock_identity(state, common.resolve_identity(state, as_name), passphrase_file), grant_id, threshold)
     click.echo(report.summary())
     if not report.holds:
         sys.exit(exitcodes.PROXY_UNREACHABLE)

@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,10 +21,9 @@ from fs.vault import versions as versions_mod
 from fs.errors import MountpointError, NotAVault
 from wire.procfs import mounted_paths
 
-from cli import detach, exitcodes, passphrase
-from cli.audit_cmds import parse_since, parse_user
+from cli import common, detach, exitcodes, passphrase
+from cli.common import parse_since, parse_user
 from cli.state import State
-from cli.vault_cmds import _spawn_mount, passphrase_file_option
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -98,7 +96,7 @@ def _tag_restore(info: MountInfo | None, root_wrap_key: bytes, begin: bool) -> N
 def _temporary_mount(state: State, vault: Path, secret: bytes) -> tuple[Path, int]:
     mountpoint = Path(tempfile.mkdtemp(prefix="umbrafs-restore-"))
     try:
-        _spawn_mount(state, vault, mountpoint, False, False, "auto", secret)
+        common.spawn_mount(state, vault, mountpoint, False, False, "auto", secret)
     except BaseException:
         mountpoint.rmdir()
         raise
@@ -107,8 +105,7 @@ def _temporary_mount(state: State, vault: Path, secret: bytes) -> tuple[Path, in
 
 
 def _temporary_unmount(mountpoint: Path, pid: int) -> None:
-    if subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True).returncode != 0:
-        subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+    common.unmount_quietly(mountpoint)
     if pid:
         detach.wait_for_exit(pid, 60.0)
     try:
@@ -128,7 +125,7 @@ def _temporary_unmount(mountpoint: Path, pid: int) -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be done; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per step, then a summary.")
 @click.option("--unlock", is_flag=True, help="If the mount was locked (e.g. by the anomaly detector), unlock it first.")
-@passphrase_file_option
+@common.vault_passphrase_option
 @click.pass_obj
 def restore(state: State, target: Path, since: str, until: str | None, pids: tuple[int, ...], comms: tuple[str, ...],
             uids: tuple[str, ...], path_prefix: str | None, dry_run: bool, as_json: bool, unlock: bool,

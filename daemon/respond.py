@@ -172,23 +172,14 @@ class Responder:
 
     def _revoke_grants(self, vault: str, info: SourceInfo) -> list[dict[str, Any]]:
         """Delete at the proxies every active grant of this share's recipient in this vault."""
-        from proxy import client, shares
-        from proxy.errors import ProxyError, ShareError
+        from proxy import sharing
+        from proxy.errors import ProxyError
 
-        records = []
-        for share_id in shares.list_ids(Path(vault)):
-            try:
-                signed = shares.read(Path(vault), share_id)
-            except ShareError:
-                continue
-            r = signed.record
-            if share_id == info.share_id or (info.recipient and r.recipient == info.recipient):
-                if signed.self_signed() and r.revoked is None:
-                    records.append(r)
         out = []
-        for r in records:
+        for r in sharing.recipient_shares(Path(vault), info.share_id, info.recipient):
             try:
-                report = client.revoke(list(r.proxies), self.guard, r.grant_id, r.threshold, timeout=REVOKE_TIMEOUT)
+                # Not as the owner: the record stays unmarked (the owner's `revoke` marks it).
+                report = sharing.revoke_share(Path(vault), r, self.guard, timeout=REVOKE_TIMEOUT)
                 out.append({"grant": r.grant_id, "holds": report.holds, "summary": report.summary()})
             except ProxyError as exc:
                 out.append({"grant": r.grant_id, "holds": False, "summary": f"grant {r.grant_id}: {exc}"})

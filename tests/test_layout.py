@@ -119,7 +119,6 @@ def test_only_the_mount_adapter_imports_pyfuse3_and_trio() -> None:
     assert not bad, "\n".join(sorted(bad))
 
 
-@pytest.mark.xfail(strict=True, reason="the shared helpers move to cli/common.py in the next commits")
 def test_no_command_module_imports_another() -> None:
     bad = [
         f"{module} imports {name}"
@@ -131,7 +130,6 @@ def test_no_command_module_imports_another() -> None:
     assert not bad, "\n".join(sorted(bad))
 
 
-@pytest.mark.xfail(strict=True, reason="share_cmds/lock_cmds/rotate_cmds: cli/common.py in the next commits")
 def test_no_import_cycles() -> None:
     """Between modules, counting imports inside functions too (package __init__ files
     that only carry a docstring take no part)."""

@@ -1,14 +1,15 @@
 """Client side of a mount's control socket: find live mounts, send them requests.
 
-Every mount registers ``<home>/mounts/<key>.json`` (cli/state.py) and listens on
-``<home>/mounts/<key>.sock`` (fs/mount/control/server.py) for JSON lines like the daemon's
-protocol: status, lock, unlock, unmount and whatever other modules register.
+Every mount registers ``<home>/mounts/<key>.json`` (`register`, from fs/mount/session.py) and
+listens on ``<home>/mounts/<key>.sock`` (fs/mount/control/server.py) for JSON lines like the
+daemon's protocol: status, lock, unlock, unmount and whatever other modules register.
 This module is pure stdlib + wire.daemonsock so that the daemon, the CLI and the
-mount itself can use it.
+mount itself can use it; it holds the one writer and the one reader of the registry.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -53,8 +54,62 @@ class MountInfo:
         )
 
 
-def list_mounts(home: Path) -> list[MountInfo]:
-    """The live mounts registered in *home*: process alive and mountpoint attached."""
+# -- the registry: <home>/mounts/<key>.json, one per mountpoint ------------------------
+
+def mount_key(mountpoint: Path | str) -> str:
+    """The name a mountpoint's record, socket and log go under (a hash: paths may be long)."""
+    return hashlib.sha256(os.fsencode(Path(mountpoint).absolute())).hexdigest()[:16]
+
+
+def record_path(home: Path, mountpoint: Path | str) -> Path:
+    return Path(home) / MOUNTS_DIR / f"{mount_key(mountpoint)}.json"
+
+
+def control_path(home: Path, mountpoint: Path | str) -> Path:
+    """The mount's control socket (fs/mount/control/server.py listens, `request` connects)."""
+    return Path(home) / MOUNTS_DIR / f"{mount_key(mountpoint)}.sock"
+
+
+def register(
+    home: Path, mountpoint: Path, vault: Path, read_only: bool, *, source: str = "", vault_id: str = "",
+    share_id: str = "", identity: str = "",
+) -> None:
+    """Record this process as the mount at *mountpoint* (atomically: readers never see half a record)."""
+    record = {
+        "pid": os.getpid(),
+        "mountpoint": str(Path(mountpoint).absolute()),
+        "vault": str(Path(vault).absolute()),
+        "read_only": read_only,
+        "started": time.time(),
+        "source": source,  # the AuditSink source of the mount's events ("" if auditing is off)
+        "vault_id": vault_id,
+        "share_id": share_id,
+        "identity": identity,
+        "uid": os.getuid(),
+        "control": str(control_path(home, mountpoint)),
+    }
+    path = record_path(home, mountpoint)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def unregister(home: Path, mountpoint: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        record_path(home, mountpoint).unlink()
+
+
+def read_record(home: Path, mountpoint: Path) -> dict[str, Any] | None:
+    """The raw record of *mountpoint*, live or not (None if there is none)."""
+    try:
+        return json.loads(record_path(home, mountpoint).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def attached_mounts(home: Path) -> list[MountInfo]:
+    """The mounts registered in *home* whose mountpoint is attached, whether or not their process
+    still runs (a dead one leaves its mountpoint attached until it is unmounted)."""
     directory = Path(home) / MOUNTS_DIR
     if not directory.is_dir():
         return []
@@ -62,11 +117,15 @@ def list_mounts(home: Path) -> list[MountInfo]:
     found = []
     for path in sorted(directory.glob("*.json")):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            record = json.loads(path.read_text(encoding="utf-8"))
-            info = MountInfo.from_record(record, path)
-            if info.mountpoint in live and pid_alive(info.pid):
+            info = MountInfo.from_record(json.loads(path.read_text(encoding="utf-8")), path)
+            if info.mountpoint in live:
                 found.append(info)
     return found
+
+
+def list_mounts(home: Path) -> list[MountInfo]:
+    """The live mounts registered in *home*: process alive and mountpoint attached."""
+    return [info for info in attached_mounts(home) if pid_alive(info.pid)]
 
 
 def find_by_source(home: Path, source: str) -> MountInfo | None:
