@@ -14,6 +14,7 @@ that another process put there since is left alone.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -35,6 +36,7 @@ STEP_RESTORE = "restore"
 STEP_MOVE = "move"
 STEP_REMOVE = "remove"
 _CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +168,37 @@ class MountExecutor:
         self.area = os.path.join(vault.path, ver.AREA)
         self._ours: set[str] = set()  # paths this restore wrote (new object ids: no check against records)
 
-    def _mnt(self, path: str) -> str:
-        parts = keywalk.split_plain(path)
-        return os.path.join(self.mountpoint, *[os.fsdecode(p) for p in parts])
+    def _parent(self, path: str, create: bool = False) -> tuple[int, str]:
+        """(descriptor of *path*'s parent in the mount, last component), walked from the
+        mountpoint one directory at a time without following a symlink: whoever can make
+        names in the drive (a recipient of a share, the malware being undone) must not
+        turn a directory on the way into a symlink that takes decrypted files out of it."""
+        parts = [os.fsdecode(p) for p in keywalk.split_plain(path)]
+        if not parts:
+            raise OSError(errno.EINVAL, "the root of the drive is not restored", path)
+        fd = os.open(self.mountpoint, _DIR_FLAGS)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, parts[-1]
+
+    @staticmethod
+    def _kind(parent: int, name: str) -> int | None:
+        try:
+            return stat.S_IFMT(os.lstat(name, dir_fd=parent).st_mode)
+        except FileNotFoundError:
+            return None
 
     def _object_id(self, path: str) -> str | None:
         """Hex id of what is at *path* now (None: nothing; "": a symlink or special file)."""
@@ -197,10 +227,13 @@ class MountExecutor:
             return "absent"
         if step.fid and current != step.fid:
             return "skipped: changed by another process since"
-        target = self._mnt(step.path)
-        if os.path.isdir(target) and not os.path.islink(target):
-            return "skipped: a directory"
-        os.unlink(target)  # the mount moves it into the versions area
+        parent, name = self._parent(step.path)
+        try:
+            if self._kind(parent, name) == stat.S_IFDIR:
+                return "skipped: a directory"
+            os.unlink(name, dir_fd=parent)  # the mount moves it into the versions area
+        finally:
+            os.close(parent)
         return "ok"
 
     def _move(self, step: Step) -> str:
@@ -209,9 +242,15 @@ class MountExecutor:
             return "skipped: no longer there"
         if step.fid and current and current != step.fid and step.path2 not in self._ours:
             return "skipped: changed by another process since"
-        dst = self._mnt(step.path)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.rename(self._mnt(step.path2), dst)  # a file it replaces is kept as a version by the mount
+        src_parent, src = self._parent(step.path2)
+        try:
+            dst_parent, dst = self._parent(step.path, create=True)
+            try:  # a file it replaces is kept as a version by the mount
+                os.rename(src, dst, src_dir_fd=src_parent, dst_dir_fd=dst_parent)
+            finally:
+                os.close(dst_parent)
+        finally:
+            os.close(src_parent)
         if step.path2 in self._ours:
             self._ours.add(step.path)
         return "ok"
@@ -219,43 +258,59 @@ class MountExecutor:
     def _restore(self, step: Step) -> str:
         rec = step.record
         if rec is None:  # only appended to: cut the file there now back
-            dst = self._mnt(step.path)
-            if not os.path.isfile(dst) or os.path.islink(dst):
+            try:
+                parent, name = self._parent(step.path)
+            except FileNotFoundError:
                 return "skipped: no longer there"
-            if step.truncate_to is not None and os.path.getsize(dst) > step.truncate_to:
-                os.truncate(dst, step.truncate_to)  # the mount keeps what the cut drops
+            try:
+                if self._kind(parent, name) != stat.S_IFREG:
+                    return "skipped: no longer there"
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                try:
+                    if step.truncate_to is not None and os.fstat(fd).st_size > step.truncate_to:
+                        os.ftruncate(fd, step.truncate_to)  # the mount keeps what the cut drops
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(parent)
             return "ok"
         if not rec.data or not rec.available:
             return "lost: the version is no longer kept (pruned)"
-        dst = self._mnt(step.path)
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            return "skipped: a directory is there now"
         fd = os.open(os.path.join(self.area, rec.data), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             header = read_file_header(fd)
             if rec.fid and header.obj_id.hex() != rec.fid:
                 return "lost: the kept file is not the recorded one"
             old = OpenFile(fd, header, rec.dek_for(header))
-            parent = os.path.dirname(dst)
-            os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f".umbrafs-restore-{secrets.token_hex(6)}")
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            parent, name = self._parent(step.path, create=True)
             try:
-                size = old.size if step.truncate_to is None else min(old.size, step.truncate_to)
-                for off in range(0, size, _CHUNK):
-                    os.write(out, old.read(off, min(_CHUNK, size - off)))
-                os.fchmod(out, stat.S_IMODE(rec.mode) or 0o644)
-                if os.geteuid() == 0 and rec.owner != (0, 0):
-                    os.fchown(out, *rec.owner)
-                    os.fchmod(out, stat.S_IMODE(rec.mode) or 0o644)  # chown clears setuid/setgid
-                os.utime(out, ns=(rec.mtime_ns, rec.mtime_ns))
-            except BaseException:
-                os.close(out)
-                os.unlink(tmp)
-                raise
-            os.close(out)
-            os.rename(tmp, dst)  # atomic; what it replaces is kept as a version by the mount
+                if self._kind(parent, name) == stat.S_IFDIR:
+                    return "skipped: a directory is there now"
+                self._write_back(parent, name, old, rec, step)
+            finally:
+                os.close(parent)
             self._ours.add(step.path)
         finally:
             os.close(fd)
         return "ok"
+
+    @staticmethod
+    def _write_back(parent: int, name: str, old: OpenFile, rec: ver.Record, step: Step) -> None:
+        tmp = f".umbrafs-restore-{secrets.token_hex(6)}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            size = old.size if step.truncate_to is None else min(old.size, step.truncate_to)
+            for off in range(0, size, _CHUNK):
+                os.write(out, old.read(off, min(_CHUNK, size - off)))
+            os.fchmod(out, stat.S_IMODE(rec.mode) or 0o644)
+            if os.geteuid() == 0 and rec.owner != (0, 0):
+                os.fchown(out, *rec.owner)
+                os.fchmod(out, stat.S_IMODE(rec.mode) or 0o644)  # chown clears setuid/setgid
+            os.utime(out, ns=(rec.mtime_ns, rec.mtime_ns))
+        except BaseException:
+            os.close(out)
+            os.unlink(tmp, dir_fd=parent)
+            raise
+        os.close(out)
+        # atomic; what it replaces is kept as a version by the mount
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)

@@ -150,3 +150,21 @@ def test_wrong_passphrase_bad_target_and_locked_mount(env: Env, mounted: Mount) 
     unlocked = restore(env, mounted.path, "--since", since, "--unlock")
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
     assert (mounted.path / "f").read_bytes() == b"precious\n"
+
+
+def test_restore_writes_nothing_through_a_symlink_planted_in_the_drive(env: Env, mounted: Mount) -> None:
+    """Security review, finding 6: a directory on a restored path, replaced by a symlink to
+    somewhere outside, made `restore` write the decrypted file there, in the clear."""
+    mnt = mounted.path
+    outside = env.tmp / "outside"
+    outside.mkdir()
+    since = time.time_ns()
+    (mnt / "docs").mkdir()
+    (mnt / "docs" / "a.txt").write_text("alice private plaintext\n")
+    subprocess.run(["rm", str(mnt / "docs" / "a.txt")], check=True)
+    (mnt / "docs").rmdir()
+    os.symlink(outside, mnt / "docs")  # by anyone who can make names in the drive
+    result = restore(env, mnt, "--since", since, "--comm", "rm")
+    assert result.returncode == 17, result.stdout + result.stderr  # RESTORE_INCOMPLETE: the step was refused
+    assert list(outside.iterdir()) == []
+    assert os.path.islink(mnt / "docs")
