@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import secrets
 import socket
 import time
@@ -33,6 +34,8 @@ from proxy.errors import (
 )
 from proxy.keyring import Identity, PublicIdentity
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TIMEOUT = 5.0
 
 
@@ -41,10 +44,19 @@ def new_grant_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_warned: set[str] = set()
+
+
 def normalize_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise GrantError(f"not a proxy URL: {url!r} (expected http://HOST:PORT)")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK and not parts.hostname.startswith("127."):
+        if parts.hostname not in _warned:  # kfrags travel in these bodies: on the network, use https
+            _warned.add(parts.hostname)
+            log.warning("proxy %s is plain http on the network: kfrags and revocations can be read and "
+                        "forged in transit; use https://", parts.hostname)
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 

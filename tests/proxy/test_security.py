@@ -181,3 +181,16 @@ def test_a_reader_cannot_revoke_or_reshare_through_the_api(live: Cluster) -> Non
             listed = c.list_grants(owner=live.alice.fingerprint)
             assert grant_id in {g["grant_id"] for g in listed} and all("kfrag" not in g for g in listed)
     assert _open(live.urls, live, live.bob, grant_id, sealed) == key  # the grant is intact everywhere
+
+
+def test_plain_http_to_another_host_is_warned_about(caplog) -> None:  # type: ignore[no-untyped-def]
+    """Security review, finding 7: kfrags travel in request bodies; on plain http beyond this
+    machine they can be kept by an eavesdropper, which undoes revocation."""
+    from proxy.client import normalize_url
+
+    with caplog.at_level("WARNING", logger="proxy.client"):
+        assert normalize_url("http://127.0.0.1:8700/") == "http://127.0.0.1:8700"
+        normalize_url("https://proxy.example.org")
+        assert not caplog.records
+        normalize_url("http://proxy.example.org:8700")
+    assert "plain http" in caplog.text and "use https" in caplog.text
