@@ -14,10 +14,9 @@ from __future__ import annotations
 import errno
 import os
 
-from fs.format import blocks
+from fs.format import blocks, cryptocore
 from fs.format import layout as fmt
 from fs.errors import UmbrafsError
-from fs.format.cryptocore import unwrap_slot
 
 B = fmt.BLOCK_SIZE
 CB = fmt.CIPHER_BLOCK_SIZE
@@ -31,11 +30,10 @@ def previous_dek(header: fmt.Header, dek: bytes) -> bytes | None:
     """The DEK a file had before `revoke --rotate` began re-encrypting it, or None.
 
     While a file is mid-rotation its header holds a *self slot* (parent id = the file's
-    own id): the previous DEK wrapped under the new one (docs/format.md, "Rotation").
+    own id): the previous DEK wrapped under the new one (docs/format.md, "Rotation";
+    the slot format is fs/format/cryptocore.py's self_slot).
     """
-    if header.find_slot(header.obj_id) is None:
-        return None
-    return unwrap_slot(dek, header, header.obj_id)
+    return cryptocore.previous_dek(header, dek)
 
 
 class OpenFile:

@@ -671,7 +671,7 @@ class Rotation:
             free = slots.index(None) if None in slots else None
             if free is None:
                 raise _NoFreeSlot()
-            slots[free] = keys.wrap_slot(dek, header.obj_id, fmt.KIND_FILE, header.obj_id, previous)
+            slots[free] = keys.self_slot(dek, header.obj_id, previous)
         return fmt.Header(fmt.KIND_FILE, header.obj_id, tuple(slots))
 
     def _reencrypt(self, fd: int, header_len: int, file_id: bytes, size: int, first: int, last: int,
