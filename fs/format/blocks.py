@@ -29,6 +29,7 @@ from fs.format.layout import BLOCK_OVERHEAD, BLOCK_SIZE, CIPHER_BLOCK_SIZE, NONC
 ZERO_NONCE = bytes(NONCE_LEN)
 # A hole: what the backing file holds (reads as) where no block was ever written.
 ZERO_CIPHER_BLOCK = bytes(CIPHER_BLOCK_SIZE)
+_ZERO_PLAIN = memoryview(bytes(BLOCK_SIZE))
 
 # decrypt_blocks(status=...) codes, one byte per block of the run.  1..len(keys) is
 # "opened under keys[code - 1]"; the others below are what a lenient caller skips.
@@ -64,48 +65,68 @@ def decrypt_blocks(keys: Sequence[AESGCM], file_id: bytes, size: int, first: int
     Decrypts in place into one preallocated buffer: fresh bytes per block cost 4x the AES
     time itself (110 vs 28 us per 128 KiB, measured on the read path).
     """
+    out = bytearray(run_plain_len(size, first, last))
+    _decrypt(keys, file_id, size, first, last, cipher, memoryview(out), status, True)
+    return out
+
+
+def decrypt_blocks_into(keys: Sequence[AESGCM], file_id: bytes, size: int, first: int, last: int,
+                        cipher: Bytes, out: memoryview, status: bytearray | memoryview | None = None) -> None:
+    """decrypt_blocks() into *out* (run_plain_len(size, first, last) bytes), a buffer the caller
+    reuses: the rotation engine, whose ~1 MiB half-chunks would otherwise cost a fresh zeroed
+    buffer (and its page faults) per step.  Holes and blocks that did not open are zero-filled,
+    so nothing of an earlier run, nor unauthenticated output, is left in *out*."""
+    _decrypt(keys, file_id, size, first, last, cipher, out, status, False)
+
+
+def _decrypt(keys: Sequence[AESGCM], file_id: bytes, size: int, first: int, last: int, cipher: Bytes,
+             ov: memoryview, status: bytearray | memoryview | None, fresh: bool) -> None:
+    """The block loop of decrypt_blocks(_into); *fresh*: *ov* is known to be all zero."""
     final_no = (size - 1) // BLOCK_SIZE
     mv = memoryview(cipher)
-    out = bytearray(run_plain_len(size, first, last))
-    ov = memoryview(out)
     decrypt_into = keys[0].decrypt_into
-    others = keys[1:]
     for block_no in range(first, last + 1):
         i = block_no - first
         start = i * CIPHER_BLOCK_SIZE
         plain_len = min(BLOCK_SIZE, size - block_no * BLOCK_SIZE)
         chunk = mv[start : start + plain_len + BLOCK_OVERHEAD]
+        dst = ov[i * BLOCK_SIZE : i * BLOCK_SIZE + plain_len]
         if len(chunk) != plain_len + BLOCK_OVERHEAD:
             if status is None:
                 raise IntegrityError(f"block {block_no} truncated")
             status[i] = TRUNCATED
+            if not fresh:
+                dst[:] = _ZERO_PLAIN[:plain_len]
             continue
         final = block_no == final_no
         # The nonce compare first: a random nonce is never all zero, so the full compare is rare.
         if not final and chunk[:NONCE_LEN] == ZERO_NONCE and chunk == ZERO_CIPHER_BLOCK:
             if status is not None:
                 status[i] = HOLE
-            continue  # the buffer is already zero
+            if not fresh:
+                dst[:] = _ZERO_PLAIN
+            continue  # a fresh buffer is already zero
         aad = block_aad(file_id, block_no, final)
-        nonce, body, dst = chunk[:NONCE_LEN], chunk[NONCE_LEN:], ov[i * BLOCK_SIZE : i * BLOCK_SIZE + plain_len]
+        nonce, body = chunk[:NONCE_LEN], chunk[NONCE_LEN:]
         try:
             decrypt_into(nonce, body, aad, dst)
             code = 1
         except InvalidTag:
-            code = _try_others(others, nonce, body, aad, dst)
-            if code == UNOPENED and status is None:
-                raise IntegrityError(f"block {block_no} failed authentication") from None
+            code = _try_others(keys, nonce, body, aad, dst)
+            if code == UNOPENED:
+                if status is None:
+                    raise IntegrityError(f"block {block_no} failed authentication") from None
+                dst[:] = _ZERO_PLAIN[:plain_len]  # never hand on what a failed decryption wrote
         if status is not None:
             status[i] = code
-    return out
 
 
-def _try_others(others: Sequence[AESGCM], nonce: memoryview, body: memoryview, aad: bytes, dst: memoryview) -> int:
-    """The status code of a block that failed under the first key (off the hot path)."""
-    for k, aead in enumerate(others):
+def _try_others(keys: Sequence[AESGCM], nonce: memoryview, body: memoryview, aad: bytes, dst: memoryview) -> int:
+    """The status code of a block that failed under keys[0] (off the hot path: no slice per call)."""
+    for k in range(1, len(keys)):
         try:
-            aead.decrypt_into(nonce, body, aad, dst)
-            return k + 2
+            keys[k].decrypt_into(nonce, body, aad, dst)
+            return k + 1
         except InvalidTag:
             continue
     return UNOPENED
@@ -118,8 +139,9 @@ def encrypt_blocks(key: AESGCM, file_id: bytes, size: int, first: int, plain: By
     *plain* starts at a block boundary; only its last block may be short.  *nonces*
     (NONCE_LEN bytes per block) is for test vectors: by default they are random.
     """
-    n = (len(memoryview(plain)) + BLOCK_SIZE - 1) // BLOCK_SIZE
-    out = bytearray(len(memoryview(plain)) + n * BLOCK_OVERHEAD)
+    length = len(plain)
+    n = (length + BLOCK_SIZE - 1) // BLOCK_SIZE
+    out = bytearray(length + n * BLOCK_OVERHEAD)
     encrypt_blocks_into(key, file_id, size, first, plain, out, None, nonces)
     return out
 

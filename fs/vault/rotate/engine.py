@@ -30,6 +30,7 @@ import logging
 import os
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -719,7 +720,8 @@ class Rotation:
         under no key is left as it is, to read as EIO."""
         cb = fmt.CIPHER_BLOCK_SIZE
         status = bytearray(i1 - i0)
-        plain = blocks.decrypt_blocks(candidates, file_id, size, first + i0, first + i1 - 1, mv[i0 * cb :], status)
+        plain = _plain_buffer(blocks.run_plain_len(size, first + i0, first + i1 - 1))
+        blocks.decrypt_blocks_into(candidates, file_id, size, first + i0, first + i1 - 1, mv[i0 * cb :], plain, status)
         if blocks.UNOPENED in status:
             for i, code in enumerate(status):
                 if code == blocks.UNOPENED:
@@ -911,6 +913,18 @@ def _pool() -> Any:
 
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umbrafs-rotate")
     return _POOL
+
+
+_PLAIN = threading.local()
+
+
+def _plain_buffer(length: int) -> memoryview:
+    """A plaintext buffer of this thread (the caller's or the pool's half of a chunk), kept from
+    step to step: a fresh ~1 MiB one per step cost ~7% of the re-encryption time."""
+    buf = getattr(_PLAIN, "buf", None)
+    if buf is None or len(buf) < length:
+        buf = _PLAIN.buf = bytearray(max(length, (_CHUNK_BLOCKS + 1) // 2 * fmt.BLOCK_SIZE))
+    return memoryview(buf)[:length]
 
 
 def _aeads(*dek: bytes | None) -> list[Any]:
