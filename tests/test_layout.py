@@ -7,6 +7,7 @@ imports flow one way (docs/architecture.md):
     wire   -> ledger.events
     proxy, ledger -> nothing of the project
     inside fs: format -> errors;  vault -> format;  mount -> vault, format
+    inside fs only fs.format.cryptocore derives keys (cryptography's kdf, hashes, hmac)
 
 Every module is scanned, at any depth and with imports inside functions too, so a
 cycle cannot hide behind a function-level import.
@@ -115,6 +116,25 @@ def test_only_the_mount_adapter_imports_pyfuse3_and_trio() -> None:
         if module.startswith("fs.") and not _allowed(module, {"fs.mount"})
         for name in _imports(path)
         if name.split(".")[0] in ("pyfuse3", "trio")
+    ]
+    assert not bad, "\n".join(sorted(bad))
+
+
+# Key derivation (HKDF and its hash, Argon2id, HMAC): fs/format/cryptocore.py holds every
+# domain-separation label and is frozen by tests/fs/test_format_vectors.py, so nothing else
+# in fs may derive a key.  AEAD classes (AESGCM, AESSIV) are still used by the modules that
+# seal bytes (fs.format.*, and today fs.vault.headers/versions/fsck and fs.mount.lockdown).
+KEY_DERIVATION = ("cryptography.hazmat.primitives.kdf", "cryptography.hazmat.primitives.hashes",
+                  "cryptography.hazmat.primitives.hmac")
+
+
+def test_only_cryptocore_derives_keys() -> None:
+    bad = [
+        f"{module} imports {name}"
+        for module, path in _modules().items()
+        if module.startswith("fs.") and module != "fs.format.cryptocore"
+        for name in _imports(path)
+        if _allowed(name, set(KEY_DERIVATION))  # `from ...primitives import hashes` counts too
     ]
     assert not bad, "\n".join(sorted(bad))
 

@@ -1,6 +1,6 @@
 """Byte layout of the backing files: constants, headers and offset arithmetic.
 
-Everything here is pure and frozen by tests/fs/test_vectors.py: changing a
+Everything here is pure and frozen by tests/fs/test_format_vectors.py: changing a
 constant changes the on-disk format (bump FORMAT_VERSION and keep reading v1).
 
 File  = header || block_0 || block_1 || ...

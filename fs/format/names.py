@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from fs.format import layout as fmt
 from fs.errors import IntegrityError
-from fs.format.cryptocore import INFO_NAMES, hkdf
+from fs.format.cryptocore import names_key
 
 PAD = 16
 NAME_MAX = 255
@@ -38,7 +38,7 @@ class NameCipher:
     __slots__ = ("_siv",)
 
     def __init__(self, dir_key: bytes) -> None:
-        self._siv = AESSIV(hkdf(dir_key, INFO_NAMES, 64))
+        self._siv = AESSIV(names_key(dir_key))
 
     def encrypt(self, p_name: bytes) -> str:
         """The full encrypted name (may be too long for the backing dir)."""

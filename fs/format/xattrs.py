@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
 from fs.format import layout as fmt
 from fs.errors import IntegrityError
-from fs.format.cryptocore import INFO_XATTR_NAMES, INFO_XATTR_VALUES, hkdf
+from fs.format.cryptocore import xattr_names_key, xattr_values_key
 from fs.format.names import b64decode, b64encode
 
 PREFIX = "user.umbrafs."
@@ -23,8 +23,8 @@ class XattrCipher:
     __slots__ = ("_siv", "_gcm", "_obj_id")
 
     def __init__(self, key: bytes, obj_id: bytes) -> None:
-        self._siv = AESSIV(hkdf(key, INFO_XATTR_NAMES, 64))
-        self._gcm = AESGCM(hkdf(key, INFO_XATTR_VALUES))
+        self._siv = AESSIV(xattr_names_key(key))
+        self._gcm = AESGCM(xattr_values_key(key))
         self._obj_id = obj_id
 
     def backing_name(self, name: bytes) -> str:
@@ -38,8 +38,9 @@ class XattrCipher:
         except (InvalidTag, ValueError, IntegrityError):
             return None
 
-    def seal(self, name: bytes, value: bytes) -> bytes:
-        nonce = os.urandom(fmt.NONCE_LEN)
+    def seal(self, name: bytes, value: bytes, nonce: bytes | None = None) -> bytes:
+        """*nonce* is for test vectors only: by default it is random."""
+        nonce = os.urandom(fmt.NONCE_LEN) if nonce is None else nonce
         return nonce + self._gcm.encrypt(nonce, value, self._obj_id + name)
 
     def open(self, name: bytes, sealed: bytes) -> bytes:

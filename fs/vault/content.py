@@ -1,5 +1,8 @@
 """File contents: AES-256-GCM blocks over a backing file descriptor.
 
+The block format and its one encrypt/decrypt loop are fs/format/blocks.py; this module
+is the fd I/O (pread/pwrite/ftruncate) and the read-modify-write of partial blocks.
+
 An OpenFile is shared by all FUSE handles of one inode.  Every method runs to
 completion without awaiting, so on the trio loop each read-modify-write is
 atomic with respect to other requests.  The last block is encrypted with the
@@ -11,17 +14,12 @@ from __future__ import annotations
 import errno
 import os
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from fs.format import blocks, cryptocore
 from fs.format import layout as fmt
-from fs.errors import IntegrityError, UmbrafsError
-from fs.format.cryptocore import unwrap_slot
+from fs.errors import UmbrafsError
 
 B = fmt.BLOCK_SIZE
 CB = fmt.CIPHER_BLOCK_SIZE
-_ZERO_CB = bytes(CB)
-_ZERO_NONCE = bytes(fmt.NONCE_LEN)
 
 
 class FileTooBig(UmbrafsError):
@@ -32,11 +30,10 @@ def previous_dek(header: fmt.Header, dek: bytes) -> bytes | None:
     """The DEK a file had before `revoke --rotate` began re-encrypting it, or None.
 
     While a file is mid-rotation its header holds a *self slot* (parent id = the file's
-    own id): the previous DEK wrapped under the new one (docs/format.md, "Rotation").
+    own id): the previous DEK wrapped under the new one (docs/format.md, "Rotation";
+    the slot format is fs/format/cryptocore.py's self_slot).
     """
-    if header.find_slot(header.obj_id) is None:
-        return None
-    return unwrap_slot(dek, header, header.obj_id)
+    return cryptocore.previous_dek(header, dek)
 
 
 class OpenFile:
@@ -54,67 +51,21 @@ class OpenFile:
         self.header = header
         self.file_id = header.obj_id
         self.dek = dek
-        self._aead = AESGCM(dek)
+        self._aead = blocks.block_cipher(dek)
         # Mid-rotation blocks are under either key: GCM tells them apart (a wrong key fails).
-        self._prev = AESGCM(previous) if previous is not None else None
+        self._prev = blocks.block_cipher(previous) if previous is not None else None
 
     # -- blocks -----------------------------------------------------------
 
     def _decrypt_blocks(self, first: int, last: int, size: int) -> bytearray:
-        """Plaintext of blocks first..last of a file of plaintext *size*.
-
-        Decrypts in place into one preallocated buffer: fresh bytes per block
-        cost 4x the AES time itself (110 vs 28 us per 128 KiB, measured here).
-        """
-        final_no = (size - 1) // B
+        """Plaintext of blocks first..last of a file of plaintext *size* (fs/format/blocks.py)."""
         cipher = os.pread(self.fd, (last - first + 1) * CB, fmt.block_offset(first, self.header_len))
-        mv = memoryview(cipher)
-        out = bytearray(min((last + 1) * B, size) - first * B)
-        ov = memoryview(out)
-        decrypt_into = self._aead.decrypt_into
-        file_id = self.file_id
-        for block_no in range(first, last + 1):
-            start = (block_no - first) * CB
-            plain_len = min(B, size - block_no * B)
-            chunk = mv[start : start + plain_len + fmt.BLOCK_OVERHEAD]
-            if len(chunk) != plain_len + fmt.BLOCK_OVERHEAD:
-                raise IntegrityError(f"block {block_no} truncated")
-            final = block_no == final_no
-            if not final and chunk[: fmt.NONCE_LEN] == _ZERO_NONCE and chunk == _ZERO_CB:
-                continue  # a hole: the buffer is already zero
-            out_off = (block_no - first) * B
-            aad = fmt.block_aad(file_id, block_no, final)
-            try:
-                decrypt_into(chunk[: fmt.NONCE_LEN], chunk[fmt.NONCE_LEN :], aad, ov[out_off : out_off + plain_len])
-            except InvalidTag:
-                if self._prev is None:
-                    raise IntegrityError(f"block {block_no} failed authentication") from None
-                try:
-                    self._prev.decrypt_into(chunk[: fmt.NONCE_LEN], chunk[fmt.NONCE_LEN :], aad, ov[out_off : out_off + plain_len])
-                except InvalidTag:
-                    raise IntegrityError(f"block {block_no} failed authentication") from None
-        return out
+        # Looked up per call, not cached in rekey(): fs/mount/lockdown.py swaps _aead/_prev.
+        keys = (self._aead,) if self._prev is None else (self._aead, self._prev)
+        return blocks.decrypt_blocks(keys, self.file_id, size, first, last, cipher)
 
     def _encrypt_blocks(self, first: int, plain: bytes | bytearray | memoryview, new_size: int) -> bytearray:
-        final_no = (new_size - 1) // B
-        n = (len(plain) + B - 1) // B
-        nonces = os.urandom(fmt.NONCE_LEN * n)
-        mv = memoryview(plain)
-        out = bytearray(len(plain) + n * fmt.BLOCK_OVERHEAD)
-        ov = memoryview(out)
-        encrypt_into = self._aead.encrypt_into
-        file_id = self.file_id
-        for i in range(n):
-            block_no = first + i
-            chunk = mv[i * B : (i + 1) * B]
-            o = i * CB
-            nonce = nonces[i * fmt.NONCE_LEN : (i + 1) * fmt.NONCE_LEN]
-            ov[o : o + fmt.NONCE_LEN] = nonce
-            encrypt_into(
-                nonce, chunk, fmt.block_aad(file_id, block_no, block_no == final_no),
-                ov[o + fmt.NONCE_LEN : o + fmt.NONCE_LEN + len(chunk) + fmt.TAG_LEN],
-            )
-        return out
+        return blocks.encrypt_blocks(self._aead, self.file_id, new_size, first, plain)
 
     # -- file operations --------------------------------------------------
 

@@ -28,7 +28,7 @@ class DirKeys:
         self.dir_id = dir_id
         self.key = key
         self.names = NameCipher(key)
-        self._link = AESGCM(keys.hkdf(key, keys.INFO_SYMLINKS))
+        self._link = AESGCM(keys.symlinks_key(key))
 
     def wrap(self, kind: int, obj_id: bytes, key: bytes) -> fmt.Slot:
         return keys.wrap_slot(self.key, self.dir_id, kind, obj_id, key)

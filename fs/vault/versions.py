@@ -41,8 +41,9 @@ from wire.procfs import ProcessNames
 log = logging.getLogger(__name__)
 
 AREA = ".umbrafs.versions"
-INFO_VERSIONS = b"umbrafs v1 versions"
-FRAME_AAD = b"umbrafs v1 versions"
+# The journal key's HKDF label and the frames' AAD are fs/format/cryptocore.py's (one place).
+INFO_VERSIONS = keys.INFO_VERSIONS
+FRAME_AAD = keys.FRAME_AAD
 JOURNAL_PREFIX = "j-"
 JOURNAL_SUFFIX = ".log"
 DATA_PREFIX = "v-"
@@ -126,7 +127,7 @@ def parse_limits(text: str) -> Limits | None:
 
 
 def versions_key(root_wrap_key: bytes) -> bytes:
-    return keys.hkdf(root_wrap_key, INFO_VERSIONS)
+    return keys.versions_key(root_wrap_key)
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -186,9 +187,11 @@ class Record:
         }
 
 
-def seal_frame(aead: AESGCM, records: list[dict[str, Any]]) -> bytes:
+def seal_frame(aead: AESGCM, records: list[dict[str, Any]], nonce: bytes | None = None) -> bytes:
+    """One journal frame: u32be(length) || nonce || AES-GCM(JSON of *records*, FRAME_AAD).
+    *nonce* is for test vectors only: by default it is random."""
     payload = json.dumps(records, separators=(",", ":")).encode("ascii")
-    nonce = os.urandom(fmt.NONCE_LEN)
+    nonce = os.urandom(fmt.NONCE_LEN) if nonce is None else nonce
     body = nonce + aead.encrypt(nonce, payload, FRAME_AAD)
     return _FRAME_LEN.pack(len(body)) + body
 

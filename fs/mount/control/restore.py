@@ -12,23 +12,21 @@ proof made for one process is useless to any other.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from typing import Any
 
 from fs.mount.control.server import ControlRequestError, MountControl
-from fs.format.cryptocore import hkdf
+from fs.format import cryptocore
 from fs.mount.operations import Operations
 
-INFO_RESTORE = b"umbrafs v1 restore"
+INFO_RESTORE = cryptocore.INFO_RESTORE  # the label and the HMAC live in fs/format/cryptocore.py
 TAG_SECONDS = 3600  # a restore that never says restore-end stops being exempt after an hour
 
 
 def proof(root_wrap_key: bytes, source: str, pid: int) -> str:
     """What `restore-begin` must carry for process `pid` at the mount whose event source is `source`."""
-    key = hkdf(root_wrap_key, INFO_RESTORE)
-    return hmac.new(key, f"restore-begin|{source}|{pid}".encode(), hashlib.sha256).hexdigest()
+    return cryptocore.restore_proof(root_wrap_key, source, pid)
 
 
 async def restore_begin(ctl: MountControl, message: dict[str, Any]) -> dict[str, Any]:
