@@ -279,3 +279,88 @@ def test_a_symlink_marker_pointing_outside_the_vault_is_not_followed(mounted: Mo
     os.unlink(m / "link")
     assert victim.read_text() == "not the vault's\n"
     assert "neither sealed nor a sidecar marker" in mounted.log()
+
+
+# -- the revoked recipient against `revoke --rotate` ---------------------------------------
+
+def test_the_revoked_recipient_opens_nothing_after_the_rotation_despite_planted_slots(env: Env, vault: Path) -> None:
+    """Finding 2 (high): the recipient being revoked holds key_D and writes the backing dir. It
+    planted a self slot in D's header (the rotation then "finished" D with the old key), self
+    slots in large files and files with xattrs (they kept their DEK), and a slot naming a
+    directory S whose key it holds (the rotation wrapped the new DEK for S). Afterwards, with
+    every key it ever had, it must open nothing below D."""
+    from fs.format import cryptocore as keys
+    from fs.vault import config as vault_mod
+    from fs.vault import keywalk
+    from fs.vault.content import OpenFile
+    from fs.vault.headers import read_dir_header, read_file_header
+    from fs.vault.rotate import engine as rotate
+    from fs.errors import IntegrityError
+
+    files = {"/D/small.txt": b"small\n", "/D/big.bin": os.urandom(3 << 20), "/D/sub/inner.txt": b"inner\n",
+             "/D/xattr.txt": b"with an xattr\n", "/S/x.txt": b"another share\n"}
+    with live_mount(env, vault, env.tmp / "mnt") as m:
+        for path, data in files.items():
+            (m.path / path[1:]).parent.mkdir(parents=True, exist_ok=True)
+            (m.path / path[1:]).write_bytes(data)
+        os.setxattr(m.path / "D" / "xattr.txt", "user.note", b"kept")
+    unlocked = vault_mod.unlock(vault, PASSPHRASE.encode())
+    find = {p: keywalk.find(unlocked, p) for p in ("/D", "/D/sub", "/S", *files)}
+    stolen = {t.key for t in find.values()} - {find["/S/x.txt"].key}  # every key below D, and key_S
+    junk = os.urandom(32)
+    stolen.add(junk)
+    d, s = find["/D"], find["/S"]
+
+    def plant_dir(rel: str, slot_index: int, slot) -> None:  # type: ignore[no-untyped-def]
+        header = read_dir_header(os.open(vault, os.O_RDONLY | os.O_DIRECTORY), rel)
+        (vault / rel / fmt.DIR_HEADER_NAME).write_bytes(header.with_slot(slot_index, slot).pack())
+
+    def plant_file(path: str, slot) -> None:  # type: ignore[no-untyped-def]
+        backing = vault / find[path].backing_rel
+        with open(backing, "r+b") as f:
+            header = read_file_header(f.fileno())
+            free = header.slots.index(None)
+            f.write(header.with_slot(free, slot).pack())
+
+    d_header = read_dir_header(os.open(vault, os.O_RDONLY | os.O_DIRECTORY), d.backing_rel)
+    other = 1 if d_header.slots[0] is not None else 0
+    plant_dir(d.backing_rel, other, keys.wrap_slot(d.key, d.obj_id, fmt.KIND_DIR, d.obj_id, junk))
+    for path in ("/D/big.bin", "/D/xattr.txt"):
+        plant_file(path, keys.self_slot(find[path].key, find[path].obj_id, junk))
+    plant_file("/D/small.txt", keys.wrap_slot(s.key, s.obj_id, fmt.KIND_FILE, find["/D/small.txt"].obj_id,
+                                              find["/D/small.txt"].key))
+
+    rotate.run_offline(vault, unlocked.root_wrap_key, rotate.TargetSpec(d.kind, d.backing_rel, d.obj_id))
+
+    opened = []
+    root_fd = os.open(vault, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for path in ("/D", "/D/sub", *[p for p in files if p.startswith("/D/")]):
+            target = keywalk.find(unlocked, path)  # the owner still opens it
+            if target.kind == keywalk.KIND_DIR:
+                header = read_dir_header(root_fd, target.backing_rel)
+            else:
+                fd = os.open(target.backing_rel, os.O_RDONLY, dir_fd=root_fd)
+                header = read_file_header(fd)
+                for key in stolen:  # the content, under any DEK it ever had
+                    try:
+                        OpenFile(fd, header, key).read(0, 16)
+                        opened.append(f"{path} content")
+                    except IntegrityError:
+                        pass
+                os.close(fd)
+            for slot in header.slots:
+                for key in stolen:
+                    try:
+                        keys.unwrap_slot(key, header, slot.parent_id) if slot else None
+                        if slot and slot.parent_id != header.obj_id:
+                            opened.append(f"{path} slot of {slot.parent_id.hex()[:8]}")
+                    except IntegrityError:
+                        pass
+    finally:
+        os.close(root_fd)
+    assert opened == [], opened
+    with live_mount(env, vault, env.tmp / "mnt") as m:
+        for path, data in files.items():
+            assert (m.path / path[1:]).read_bytes() == data, path
+        assert os.getxattr(m.path / "D" / "xattr.txt", "user.note") == b"kept"

@@ -137,6 +137,7 @@ class Rotation:
         self.journal: Journal | None = None
         self._dir_keys: dict[bytes, DirKeys] = {}  # every directory key seen (new keys inside the subtree)
         self._outside: dict[bytes, DirKeys] | None = None  # the whole vault's, built only for hard links
+        self._dir_rels: dict[bytes, str] = {}  # where each directory of _outside is
         self._dirs_done: set[str] = set()
         self._files_done: set[int] = set()
 
@@ -273,6 +274,10 @@ class Rotation:
             return owner_keys(self.root_wrap_key)
         if dir_id in self._dir_keys:
             return self._dir_keys[dir_id]
+        return self._vault_dirs().get(dir_id)
+
+    def _vault_dirs(self) -> dict[bytes, DirKeys]:
+        """Every directory of the vault by id, with its current keys (built once per run)."""
         if self._outside is None:
             self._outside = {}
             root = self._keys_along(".")
@@ -280,13 +285,14 @@ class Rotation:
             while stack:
                 rel, k = stack.pop()
                 self._outside[k.dir_id] = k
+                self._dir_rels[k.dir_id] = rel
                 for name, is_dir in _entries(self.root_fd, rel):
                     if is_dir:
                         child = join(rel, name)
                         with contextlib.suppress(OSError, UmbrafsError):
                             header = read_dir_header(self.root_fd, child)
                             stack.append((child, DirKeys(header.obj_id, k.unwrap(header))))
-        return self._outside.get(dir_id)
+        return self._outside
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -425,13 +431,17 @@ class Rotation:
         if index is None:
             raise IntegrityError(f"directory {rel}: no key slot for its parent")
         current = parent.unwrap(header)
-        if header.find_slot(dir_id) is not None:  # cut short mid-way: the header holds both keys
+        started = dir_id.hex() in self._j.dirs_started
+        if started and header.find_slot(dir_id) is not None:  # cut short mid-way: the header holds both keys
             old_key, new_key = keys.unwrap_slot(current, header, dir_id), current
         elif dir_id.hex() in self._dirs_done:
             return DirKeys(dir_id, current)
         else:
+            # A self slot this job did not write was planted (say by the recipient being revoked,
+            # to have the rotation "finish" with the key it holds): the header is made anew.
             old_key, new_key = current, keys.new_key()
             self._j.append(f"dirstart {dir_id.hex()} {rel}")
+            self._j.dirs_started.add(dir_id.hex())
             slots: list[fmt.Slot | None] = [None] * len(header.slots)
             slots[index] = keys.wrap_slot(parent.key, parent.dir_id, fmt.KIND_DIR, dir_id, new_key)
             # The other slot (a rename's second parent, normally free) holds the previous key
@@ -639,16 +649,22 @@ class Rotation:
             return None
         return fd
 
-    def _new_header(self, header: fmt.Header, dek: bytes, previous: bytes | None, rel: str) -> fmt.Header:
-        """*header* with every directory's slot re-wrapped for *dek* (+ a self slot for *previous*)."""
+    def _new_header(self, header: fmt.Header, dek: bytes, previous: bytes | None, rel: str,
+                    st: os.stat_result, found_in: DirKeys) -> fmt.Header:
+        """*header* with a slot for *dek* for each directory that really links the file (+ a self
+        slot for *previous*).  Which directories those are comes from the filesystem, never from
+        the header's slot list: a slot naming a directory whose key someone else holds would
+        otherwise hand them the new DEK."""
         slots: list[fmt.Slot | None] = [None] * len(header.slots)
         for i, slot in enumerate(header.slots):
             if slot is None or slot.parent_id == header.obj_id:
                 continue
-            parent = self._key_of(slot.parent_id)
-            if parent is None:
-                # A slot for a directory that no longer exists would only hand the new DEK out.
-                self._problem(f"{rel}: dropped a key slot of a directory that is gone")
+            if slot.parent_id == found_in.dir_id:
+                slots[i] = found_in.wrap(fmt.KIND_FILE, header.obj_id, dek)
+                continue
+            parent = self._key_of(slot.parent_id) if st.st_nlink > 1 else None
+            if parent is None or not self._links(slot.parent_id, st.st_ino):
+                self._problem(f"{rel}: dropped a key slot of a directory that does not link the file")
                 continue
             slots[i] = parent.wrap(fmt.KIND_FILE, header.obj_id, dek)
         if previous is not None:
@@ -657,6 +673,23 @@ class Rotation:
                 raise _NoFreeSlot()
             slots[free] = keys.self_slot(dek, header.obj_id, previous)
         return fmt.Header(fmt.KIND_FILE, header.obj_id, tuple(slots))
+
+    def _links(self, dir_id: bytes, ino: int) -> bool:
+        """Whether the directory with id *dir_id* has an entry for inode *ino* (a hard link)."""
+        self._vault_dirs()
+        rel = self._dir_rels.get(dir_id)
+        if rel is None:
+            return False
+        with contextlib.suppress(OSError):
+            fd = os.open(rel, _DIR_FLAGS, dir_fd=self.root_fd)
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        if entry.inode() == ino and os.lstat(entry.name, dir_fd=fd).st_ino == ino:
+                            return True
+            finally:
+                os.close(fd)
+        return False
 
     def _reencrypt(self, fd: int, header_len: int, file_id: bytes, size: int, first: int, last: int,
                    olds: list[Any], new: Any, new_may_exist: bool) -> list[tuple[int, Any]]:
@@ -728,7 +761,10 @@ class Rotation:
         self._j.clear_redo()
 
     def _file_keys(self, rel: str, k: DirKeys, header: fmt.Header) -> tuple[bytes, bytes | None]:
+        """(current DEK, previous DEK if this job started re-keying the file, else None)."""
         dek = k.unwrap(header)
+        if header.obj_id.hex() not in self._j.files_started:
+            return dek, None
         return dek, previous_dek(header, dek)
 
     def _small_files(self, batch: list[tuple[str, DirKeys, str, os.stat_result]], pending: set[int]) -> None:
@@ -754,7 +790,7 @@ class Rotation:
                         os.close(fd)
                         continue
                     dek = keys.new_key()
-                    new_header = self._new_header(header, dek, None, rel)
+                    new_header = self._new_header(header, dek, None, rel, st, k)
                     size = fmt.plain_size(os.fstat(fd).st_size, header.length)
                     extents = [(0, new_header.pack())]
                     if size:
@@ -800,7 +836,7 @@ class Rotation:
             if prev is None:  # not started: new DEK, the old one in the self slot
                 dek = keys.new_key()
                 try:
-                    new_header = self._new_header(header, dek, cur, rel)
+                    new_header = self._new_header(header, dek, cur, rel, st, k)
                 except _NoFreeSlot:
                     # Linked from as many directories as a header has slots: no room for the
                     # previous DEK, so the whole file goes in one redo record and one step.
@@ -808,6 +844,8 @@ class Rotation:
                     fd = -1
                     self._whole_file(item, pending)
                     return
+                self._j.append(f"filestart {header.obj_id.hex()} {st.st_ino}")  # before the self slot exists
+                self._j.files_started.add(header.obj_id.hex())
                 self._commit([(rel, fd, header.obj_id, [(0, new_header.pack())])])
                 prev, cur = cur, dek
                 self.hooks.file_rekeyed(st, new_header, cur, prev)
@@ -859,7 +897,7 @@ class Rotation:
             header = read_file_header(fd)
             cur, prev = self._file_keys(rel, k, header)
             dek = keys.new_key()
-            new_header = self._new_header(header, dek, None, rel)
+            new_header = self._new_header(header, dek, None, rel, st, k)
             size = fmt.plain_size(os.fstat(fd).st_size, header.length)
             extents = [(0, new_header.pack())]
             if size:

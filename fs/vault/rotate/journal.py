@@ -60,6 +60,10 @@ class Journal:
         self.durable = durable
         self._key = cryptocore.journal_key(root_wrap_key) if root_wrap_key is not None else None
         self._nonce = b""  # the job's, once created or loaded: binds log lines and redo records to it
+        # Objects whose self slot (previous key under the new) this job wrote, by id: a self
+        # slot in any other header was planted (a revoked recipient keeping its key) and is ignored.
+        self.dirs_started: set[str] = set()
+        self.files_started: set[str] = set()
         self._dir_fd: int | None = None
         self._log_fd: int | None = None
         self._redo_fd: int | None = None
@@ -160,6 +164,7 @@ class Journal:
         dirs: set[str] = set()
         files: set[int] = set()
         started: tuple[str, str] | None = None
+        self.dirs_started, self.files_started = set(), set()
         try:
             data = self._read(LOG_NAME, LOG_MAX)
         except FileNotFoundError:
@@ -175,6 +180,9 @@ class Journal:
             parts = body.decode("ascii", "replace").split(" ", 2)
             if parts[0] == "dirstart" and len(parts) == 3:
                 started = (parts[1], parts[2])
+                self.dirs_started.add(parts[1])
+            elif parts[0] == "filestart" and len(parts) >= 2:
+                self.files_started.add(parts[1])
             elif parts[0] == "dirdone" and len(parts) >= 2:
                 dirs.add(parts[1])
                 if started and started[0] == parts[1]:
