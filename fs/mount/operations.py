@@ -32,11 +32,9 @@ from fs.errors import IntegrityError, UmbrafsError, UnsupportedFormat
 from fs.vault.headers import (
     DirKeys,
     load_dir_keys,
-    new_header,
     owner_keys,
     read_file_header,
     read_obj_id,
-    write_dir_header,
 )
 from fs.mount.boundary import GatedOperations, fuse
 from fs.mount.events import Audit
@@ -45,7 +43,7 @@ from fs.mount.handles import DirHandle, FileHandle, HandleTable
 from fs.mount.inodes import InodeTable, Link, Node
 from fs.vault.keywalk import open_dir
 from fs.format.names import backing_name, is_reserved
-from fs.vault.versions import Limits, VersionStore, object_id_at
+from fs.vault.versions import Limits, VersionStore
 from fs.format.xattrs import XattrCipher
 
 log = logging.getLogger(__name__)
@@ -97,6 +95,7 @@ class Operations(GatedOperations):
             self.versions = VersionStore(self.root_fd, root_wrap_key, versions)
         self.locked = False  # fs/mount/lockdown.py: keys dropped, requests refused
         self.locked_refusals = 0
+        self.namespace = namespace.Namespace(self)  # the bodies of create ... rename
 
     def init(self) -> None:
         # Called by pyfuse3 when the kernel's INIT arrives: the mount is live.
@@ -509,199 +508,47 @@ class Operations(GatedOperations):
         data.f_namemax = 255
         return data
 
-    # -- creating entries ---------------------------------------------------
-
-    def _new_file(self, parent: Node, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> tuple[Node, pyfuse3.EntryAttributes]:
-        """Create a regular file with its header; the node holds it open (refs 0)."""
-        c_name, b_name = self._name(parent, name)
-        parent_rel = self._dir_rel(parent)
-        rel = join(parent_rel, b_name)
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
-            fd = os.open(rel, flags, stat.S_IMODE(mode), dir_fd=self.root_fd)
-            try:
-                header, dek = new_header(fmt.KIND_FILE, self.dir_keys(parent))
-                os.write(fd, header.pack())
-                self._chown_new(rel, parent, ctx)
-                node, attr = self._entry(parent, name, c_name, b_name, obj_id=header.obj_id)
-            except BaseException:
-                os.close(fd)
-                backing.unlink_quiet(self.root_fd, rel)
-                raise
-        if node.file is None:
-            node.file = OpenFile(fd, header, dek)
-        else:
-            os.close(fd)
-        return node, attr
+    # -- the namespace: bodies in fs/mount/namespace.py ------------------------
 
     @fuse
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
-        parent = self._node(parent_inode)
-        node, attr = self._new_file(parent, name, mode, ctx)
-        assert node.file is not None
-        node.file.refs += 1
-        path = self.inodes.child_path(parent, name) if self.events is not None else ""
-        fh = self.handles.add(FileHandle(node, bool(flags & os.O_APPEND) and not self.enable_writeback_cache, ctx, path, flags, 0))
-        self.audit.emit("create", ctx, path, node)
-        if self.versions is not None:  # no copy for a new file: a record, so restore can undo it
-            self.versions.created(ctx.pid, ctx.uid, path or self.inodes.child_path(parent, name), node.file.file_id, fh, node.ino)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), attr
+        return self.namespace.create(self._node(parent_inode), name, mode, flags, ctx)
 
     @fuse
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
-        parent = self._node(parent_inode)
-        if stat.S_ISREG(mode):
-            node, attr = self._new_file(parent, name, mode, ctx)
-            assert node.file is not None
-            node.file.refs += 1
-            if self.versions is not None:
-                self.versions.created(ctx.pid, ctx.uid, self.inodes.child_path(parent, name), node.file.file_id, 0, node.ino)
-            self._close_file(node)
-            self.audit.emit("create", ctx, lambda: self.inodes.plain_path(node), node)
-            return attr
-        c_name, b_name = self._name(parent, name)
-        parent_rel = self._dir_rel(parent)
-        rel = join(parent_rel, b_name)
-        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
-            os.mknod(rel, mode, rdev, dir_fd=self.root_fd)
-        self._chown_new(rel, parent, ctx)
-        node, attr = self._entry(parent, name, c_name, b_name)
-        self.audit.emit("mknod", ctx, lambda: self.inodes.plain_path(node), node)
-        return attr
+        return self.namespace.mknod(self._node(parent_inode), name, mode, rdev, ctx)
 
     @fuse
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
-        parent = self._node(parent_inode)
-        c_name, b_name = self._name(parent, name)
-        parent_rel = self._dir_rel(parent)
-        rel = join(parent_rel, b_name)
-        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
-            os.mkdir(rel, 0o700, dir_fd=self.root_fd)
-            try:
-                keys = write_dir_header(self.root_fd, rel, self.dir_keys(parent))
-                os.chmod(rel, stat.S_IMODE(mode), dir_fd=self.root_fd)
-                self._chown_new(rel, parent, ctx, is_dir=True)
-            except BaseException:
-                backing.unlink_quiet(self.root_fd, join(rel, fmt.DIR_HEADER_NAME))
-                os.rmdir(rel, dir_fd=self.root_fd)
-                raise
-        node, attr = self._entry(parent, name, c_name, b_name, parent_rel=parent_rel, obj_id=keys.dir_id)
-        node.keys = keys
-        self.audit.emit("mkdir", ctx, lambda: self.inodes.plain_path(node), node)
-        return attr
+        return self.namespace.mkdir(self._node(parent_inode), name, mode, ctx)
 
     @fuse
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         if len(target) > SYMLINK_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        parent = self._node(parent_inode)
-        c_name, b_name = self._name(parent, name)
-        parent_rel = self._dir_rel(parent)
-        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
-            self._make_symlink(parent, b_name, target)
-        rel = join(parent_rel, b_name)
-        self._chown_new(rel, parent, ctx)
-        node, attr = self._entry(parent, name, c_name, b_name)
-        self.audit.emit("symlink", ctx, lambda: self.inodes.plain_path(node), node)
-        return attr
+        return self.namespace.symlink(self._node(parent_inode), name, target, ctx)
 
     @fuse
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._writable()
         node = self._node(inode)
-        new_parent = self._node(new_parent_inode)
-        if node.is_dir:
-            raise pyfuse3.FUSEError(errno.EPERM)
-        c_name, b_name = self._name(new_parent, new_name)
-        src_rel = self._locate(node)[0]
-        parent_rel = self._dir_rel(new_parent)
-        dst_rel = join(parent_rel, b_name)
-        if self._exists(dst_rel):
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        with entries.new_entry(self.root_fd, parent_rel, c_name, b_name):
-            if node.fmt == stat.S_IFLNK and node.link_in(new_parent) is None:
-                # Symlink targets are encrypted under their directory's key: a link
-                # into another directory is a copy (documented in docs/format.md).
-                self._make_symlink(new_parent, b_name, self._readlink(node))
-            else:
-                if node.fmt == stat.S_IFREG and node.link_in(new_parent) is None:
-                    self._add_file_slot(node, src_rel, new_parent)
-                os.link(src_rel, dst_rel, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd, follow_symlinks=False)
-        new_node, attr = self._entry(new_parent, new_name, c_name, b_name, obj_id=node.obj_id if node.fmt == stat.S_IFREG else b"")
-        self.audit.emit("link", ctx, lambda: self.inodes.plain_path(node), new_node, path2=lambda: self.inodes.child_path(new_parent, new_name))
-        return attr
-
-    # -- removing entries -----------------------------------------------------
+        return self.namespace.link(node, self._node(new_parent_inode), new_name, ctx)
 
     @fuse
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
-        parent = self._node(parent_inode)
-        c_name, b_name = self._name(parent, name)
-        parent_rel = self._rel(parent)  # the name, encrypted under its key, is the check
-        rel = join(parent_rel, b_name)
-        st = self._lstat(rel)
-        if stat.S_ISDIR(st.st_mode):
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            self._drop_file_slot(rel, parent, other_link_check=True)
-        self._drop_longlink(rel, parent_rel, st)
-        node = self._node_at(rel, st)
-        # The last link of a regular file goes into the versions area instead (fs/vault/versions.py).
-        if not (self.versions is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and self.versions.keep_unlinked(
-                rel, st, self.dir_keys(parent), node.file if node is not None else None, ctx.pid, ctx.uid,
-                self.inodes.child_path(parent, name))):
-            os.unlink(rel, dir_fd=self.root_fd)
-        entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
-        self.audit.emit("unlink", ctx, lambda: self.inodes.child_path(parent, name), node)
-        if node is not None:
-            node.drop_link(parent, c_name)
+        self.namespace.unlink(self._node(parent_inode), name, ctx)
 
     @fuse
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
-        parent = self._node(parent_inode)
-        c_name, b_name = self._name(parent, name)
-        parent_rel = self._rel(parent)  # the name, encrypted under its key, is the check
-        rel = join(parent_rel, b_name)
-        st = self._lstat(rel)
-        if not stat.S_ISDIR(st.st_mode):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        saved = namespace.empty_dir_header(self.root_fd, rel)
-        try:
-            os.rmdir(rel, dir_fd=self.root_fd)
-        except BaseException:
-            namespace.restore_dir_header(self.root_fd, rel, saved)
-            raise
-        entries.drop_longname(self.root_fd, parent_rel, c_name, b_name)
-        node = self._node_at(rel, st, dir_by_ino=True)
-        self.audit.emit("rmdir", ctx, lambda: self.inodes.child_path(parent, name), node)
-        if node is not None:
-            node.drop_link(parent, c_name)
-            node.keys = None
-
-    # -- rename ---------------------------------------------------------------
-
-    def _move_keys(self, node: Node | None, st: os.stat_result, rel: str, old_parent: Node, new_parent: Node) -> Callable[[str], None]:
-        """Make the object at *rel* openable from *new_parent*; return the step
-        that removes the old parent's slot once the object has moved to its new path."""
-        file_fmt = stat.S_IFMT(st.st_mode)
-        if file_fmt == stat.S_IFREG:
-            tmp = node or Node(self.inodes.fuse_ino(st.st_ino), file_fmt)  # not in the table: a placeholder
-            if tmp.link_in(old_parent) is None:
-                tmp.add_link(Link(old_parent, b"", "", os.path.basename(rel)))
-            self._add_file_slot(tmp, rel, new_parent)
-            multi = st.st_nlink > 1
-            return lambda new_rel: self._drop_file_slot(new_rel, old_parent, other_link_check=multi)
-        if file_fmt == stat.S_IFDIR:
-            return namespace.add_dir_slot(self.root_fd, rel, self.dir_keys(old_parent), self.dir_keys(new_parent))
-        return lambda new_rel: None
+        self.namespace.rmdir(self._node(parent_inode), name, ctx)
 
     @fuse
     async def rename(
@@ -709,121 +556,7 @@ class Operations(GatedOperations):
     ) -> None:
         self._writable()
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
-        c_old, b_old = self._name(old_parent, name_old)
-        c_new, b_new = self._name(new_parent, name_new)
-        old_parent_rel, new_parent_rel = self._rel(old_parent), self._dir_rel(new_parent)
-        rel_old, rel_new = join(old_parent_rel, b_old), join(new_parent_rel, b_new)
-        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
-        st_src = self._lstat(rel_old)
-        try:
-            st_dst: os.stat_result | None = self._lstat(rel_new)
-        except FileNotFoundError:
-            st_dst = None
-        if flags & pyfuse3.RENAME_NOREPLACE and st_dst is not None:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        if exchange and st_dst is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        if st_dst is not None and st_dst.st_ino == st_src.st_ino and st_dst.st_dev == st_src.st_dev:
-            return  # same object (hard links or the very same name): POSIX says do nothing
-        src = self._node_at(rel_old, st_src)
-        dst = self._node_at(rel_new, st_dst) if st_dst is not None else None
-        cross = old_parent is not new_parent
-        saved_header = b""
-        if st_dst is not None and not exchange:
-            if stat.S_ISDIR(st_dst.st_mode) and not stat.S_ISDIR(st_src.st_mode):
-                raise pyfuse3.FUSEError(errno.EISDIR)
-            if stat.S_ISDIR(st_src.st_mode) and not stat.S_ISDIR(st_dst.st_mode):
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if cross and exchange and (stat.S_ISLNK(st_src.st_mode) or stat.S_ISLNK(st_dst.st_mode)):  # type: ignore[union-attr]
-            raise pyfuse3.FUSEError(errno.EINVAL)
-
-        kept = None  # the replaced file, kept in the versions area (fs/vault/versions.py)
-        replaced = ""
-        if cross and stat.S_ISLNK(st_src.st_mode):
-            self._rename_symlink_across(src, st_src, old_parent, new_parent, rel_old, rel_new, b_old, b_new, c_old, c_new, st_dst, flags)
-        else:
-            finish_src = self._move_keys(src, st_src, rel_old, old_parent, new_parent) if cross else None
-            finish_dst = (
-                self._move_keys(dst, st_dst, rel_new, new_parent, old_parent) if cross and exchange and st_dst else None
-            )
-            if st_dst is not None and not exchange and stat.S_ISDIR(st_dst.st_mode):
-                saved_header = namespace.empty_dir_header(self.root_fd, rel_new)
-            if not exchange:
-                entries.write_longname(self.root_fd, new_parent_rel, c_new, b_new)
-            if st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and self.events is not None:
-                # The detector counts a file replaced by rename as destroyed (encrypt-to-new-name ransomware).
-                replaced = object_id_at(self.root_fd, rel_new, st_dst, dst).hex() or "?"
-            if self.versions is not None and st_dst is not None and not exchange and stat.S_ISREG(st_dst.st_mode) and st_dst.st_nlink == 1:
-                kept = self.versions.before_replace(rel_new, st_dst, self.dir_keys(new_parent), dst.file if dst is not None else None)
-            try:
-                backing.renameat2(self.root_fd, rel_old, rel_new, flags & (backing.RENAME_EXCHANGE | backing.RENAME_NOREPLACE))
-            except BaseException:
-                namespace.restore_dir_header(self.root_fd, rel_new, saved_header)
-                if self.versions is not None:
-                    self.versions.abort_replace(kept)
-                raise
-            if st_dst is not None and not exchange:
-                self._drop_longlink_after_overwrite(st_dst, new_parent_rel)
-            if not exchange and b_old != b_new:
-                entries.drop_longname(self.root_fd, old_parent_rel, c_old, b_old)
-            if finish_src:
-                finish_src(rel_new)
-            if finish_dst:
-                finish_dst(rel_old)
-        # The inode table follows the backing tree.
-        if src is not None:
-            src.drop_link(old_parent, c_old)
-            src.add_link(Link(new_parent, name_new, c_new, b_new))
-        if dst is not None:
-            dst.drop_link(new_parent, c_new)
-            if exchange:
-                dst.add_link(Link(old_parent, name_old, c_old, b_old))
-            elif dst.is_dir:
-                dst.keys = None
-        self.audit.emit("rename", ctx, lambda: self.inodes.child_path(old_parent, name_old), src, path2=lambda: self.inodes.child_path(new_parent, name_new),
-                   detail={"replaced": replaced} if replaced else None)
-        if self.versions is not None and not exchange:
-            self.versions.renamed(kept, ctx.pid, ctx.uid, self.inodes.child_path(old_parent, name_old), self.inodes.child_path(new_parent, name_new),
-                                  self.versions.object_id(rel_new, st_src, src), stat.S_ISDIR(st_src.st_mode))
-        if src is not None:
-            if cross and stat.S_ISLNK(st_src.st_mode):
-                # The symlink was re-created (new backing inode).  The kernel keeps the
-                # old inode on the moved dentry; with no links it answers ESTALE and the
-                # kernel looks the name up again, instead of the old node going stale
-                # (ENOENT) at the next rename of the new object.
-                src.links = []
-
-    def _drop_longlink_after_overwrite(self, st_dst: os.stat_result, parent_rel: str) -> None:
-        """A symlink replaced by rename may leave its long-target sidecar behind."""
-        if entries.may_have_sidecar(st_dst):
-            # The marker is gone with the link; sweep sidecars no link points to.
-            entries.sweep_sidecars(self.root_fd, parent_rel)
-
-    def _rename_symlink_across(
-        self, src: Node | None, st_src: os.stat_result, old_parent: Node, new_parent: Node,
-        rel_old: str, rel_new: str, b_old: str, b_new: str, c_old: str, c_new: str,
-        st_dst: os.stat_result | None, flags: int,
-    ) -> None:
-        """A symlink's target is encrypted under its directory key: re-create it."""
-        tmp_node = src or Node(self.inodes.fuse_ino(st_src.st_ino), stat.S_IFLNK)  # not in the table: a placeholder
-        if tmp_node.link_in(old_parent) is None:
-            tmp_node.add_link(Link(old_parent, b"", c_old, b_old))
-        target = self._readlink(tmp_node)
-        new_parent_rel = self._rel(new_parent)
-        tmp_b = entries.make_temp_symlink(self.root_fd, new_parent_rel, target, self.dir_keys(new_parent), st_src)
-        entries.write_longname(self.root_fd, new_parent_rel, c_new, b_new)
-        if st_dst is not None and stat.S_ISDIR(st_dst.st_mode):
-            backing.unlink_quiet(self.root_fd, join(new_parent_rel, tmp_b))
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        backing.renameat2(self.root_fd, join(new_parent_rel, tmp_b), rel_new, flags & backing.RENAME_NOREPLACE)
-        if st_dst is not None:
-            self._drop_longlink_after_overwrite(st_dst, new_parent_rel)
-        self._drop_longlink(rel_old, self._rel(old_parent), st_src)
-        os.unlink(rel_old, dir_fd=self.root_fd)
-        entries.drop_longname(self.root_fd, self._rel(old_parent), c_old, b_old)
-        if src is not None:
-            # New backing object, new inode number: the kernel must look it up again.
-            src.links = []
+        self.namespace.rename(old_parent, name_old, new_parent, name_new, flags, ctx)
 
     # -- file I/O -------------------------------------------------------------
 
