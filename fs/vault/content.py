@@ -11,6 +11,7 @@ detected; an all-zero non-final block is a hole (sparse files stay sparse).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -89,15 +90,11 @@ class OpenFile:
         old_size = self.size
         new_size = max(old_size, end)
         first, last = off // B, (end - 1) // B
-        old_last = (old_size - 1) // B if old_size else -1
-        if 0 <= old_last < first:
-            # The old final block stops being final (and is padded if partial).
-            self._rewrite_block(old_last, old_size, (old_last + 1) * B, new_size)
         base = first * B
         span_end = min((last + 1) * B, new_size)
         if off == base and end == span_end:
             # Whole blocks (the common case for big writes): encrypt straight from the request.
-            os.pwrite(self.fd, self._encrypt_blocks(first, data, new_size), fmt.block_offset(first, self.header_len))
+            self._put(first, self._encrypt_blocks(first, data, new_size), old_size, new_size)
             self.size = new_size
             return length
         buf = bytearray(span_end - base)
@@ -110,9 +107,31 @@ class OpenFile:
             tail = self._decrypt_blocks(last, last, old_size)
             buf[last_base - base : last_base - base + len(tail)] = tail
         buf[off - base : end - base] = data
-        os.pwrite(self.fd, self._encrypt_blocks(first, buf, new_size), fmt.block_offset(first, self.header_len))
+        self._put(first, self._encrypt_blocks(first, buf, new_size), old_size, new_size)
         self.size = new_size
         return length
+
+    def _put(self, first: int, cipher: bytes | bytearray, old_size: int, new_size: int) -> None:
+        """Write the ciphertext of blocks from *first* on.  If they start past the old final
+        block, that block stops being final (padded if partial), re-encrypted only once the
+        new blocks are all on the file; and a write the disk cannot take (ENOSPC, EDQUOT) is
+        taken back whole, so the file stays as it was: nothing already there turns EIO."""
+        old_last = (old_size - 1) // B if old_size else -1
+        start = fmt.block_offset(first, self.header_len)
+        old_end = fmt.cipher_size(old_size, self.header_len)
+        # A growing write that rewrites blocks already there (the last one, partial) may fail
+        # half-way: keep their ciphertext to put back (it fits where it was).
+        saved = os.pread(self.fd, old_end - start, start) if new_size > old_size and start < old_end else b""
+        try:
+            _pwrite_all(self.fd, cipher, start)
+        except OSError:
+            if new_size > old_size:  # it grew the file: back to what was there
+                with contextlib.suppress(OSError):
+                    _pwrite_all(self.fd, saved, start)
+                    os.ftruncate(self.fd, old_end)
+            raise
+        if 0 <= old_last < first:
+            self._rewrite_block(old_last, old_size, (old_last + 1) * B, new_size)
 
     def _rewrite_block(self, block_no: int, old_size: int, new_block_end: int, new_size: int) -> None:
         """Re-encrypt one block for a new file size (zero-extended)."""
@@ -122,7 +141,7 @@ class OpenFile:
             plain += bytes(want - len(plain))
         else:
             del plain[want:]
-        os.pwrite(self.fd, self._encrypt_blocks(block_no, plain, new_size), fmt.block_offset(block_no, self.header_len))
+        _pwrite_all(self.fd, self._encrypt_blocks(block_no, plain, new_size), fmt.block_offset(block_no, self.header_len))
 
     def truncate(self, new_size: int) -> None:
         if new_size > fmt.MAX_FILE_SIZE:
@@ -137,13 +156,13 @@ class OpenFile:
             os.ftruncate(self.fd, fmt.cipher_size(new_size, self.header_len))
         else:
             old_last = (old_size - 1) // B if old_size else -1
-            if old_last >= 0:
-                self._rewrite_block(old_last, old_size, (old_last + 1) * B, new_size)
             if new_last != old_last:
-                # Blocks in between stay holes; only the final block is real.
-                os.ftruncate(self.fd, fmt.cipher_size(new_size, self.header_len))
+                # Blocks in between stay holes; only the final block is real.  It is written
+                # first: the old final block stops being final only once the new one exists.
                 zeros = bytes(new_size - new_last * B)
-                os.pwrite(self.fd, self._encrypt_blocks(new_last, zeros, new_size), fmt.block_offset(new_last, self.header_len))
+                self._put(new_last, self._encrypt_blocks(new_last, zeros, new_size), old_size, new_size)
+            elif old_last >= 0:
+                self._rewrite_block(old_last, old_size, new_size, new_size)
         self.size = new_size
 
     def verify_all(self) -> None:
@@ -155,3 +174,14 @@ class OpenFile:
         step = 64
         for first in range(0, last + 1, step):
             self._decrypt_blocks(first, min(first + step - 1, last), size)
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
+    """pwrite until all of *data* is written: a short write (a disk filling up) left unnoticed
+    would leave a block cut short, which reads as EIO.  ENOSPC once nothing more fits."""
+    mv = memoryview(data)
+    while mv:
+        n = os.pwrite(fd, mv, off)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        mv, off = mv[n:], off + n

@@ -7,6 +7,7 @@ FUSE inode numbers are the backing inode numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -342,3 +343,54 @@ def test_corrupted_symlink_target(mounted: Mount) -> None:
     assert_eio(lambda: os.readlink(link))
     assert_logged(mounted, rel(mounted, backing))
     assert_fsck_reports(mounted, "/link", rel(mounted, backing))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs for the backing directory")
+def test_a_full_disk_on_append_or_extend_loses_nothing_already_there(tmp_path: Path) -> None:
+    """Security review, finding 14 (and "disk full loses nothing"): an append past a block
+    boundary re-encrypted the old final block as non-final before writing the new blocks; when
+    the disk was full the second write failed (or was cut short, unnoticed), and the data that
+    was already there, synced, read as EIO from then on."""
+    from tests.conftest import live_mount, new_env
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "none", str(small)], check=True)
+    try:
+        env = new_env(tmp_path)
+        vault = env.init(small / "vault")
+        data = {"aligned": os.urandom(2 * fmt.BLOCK_SIZE), "partial": os.urandom(fmt.BLOCK_SIZE + 100)}
+        with live_mount(env, vault, tmp_path / "mnt") as m:
+            for name, content in data.items():
+                (m.path / name).write_bytes(content)
+            filler = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while True:
+                    os.write(filler, bytes(4096))
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+            finally:
+                os.close(filler)
+            refused = 0
+            for name in data:
+                fd = os.open(m.path / name, os.O_WRONLY | os.O_APPEND)
+                try:
+                    os.write(fd, os.urandom(4 * fmt.BLOCK_SIZE))
+                    os.fsync(fd)
+                except OSError as exc:
+                    assert exc.errno in (errno.ENOSPC, errno.EIO), exc
+                    refused += 1
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            with contextlib.suppress(OSError):
+                os.truncate(m.path / "aligned", 40 * fmt.BLOCK_SIZE)  # an extend needs a new final block too
+            assert refused == len(data)
+        with live_mount(env, vault, tmp_path / "mnt") as m:  # what is on the disk now
+            for name, content in data.items():
+                assert (m.path / name).read_bytes()[: len(content)] == content, name
+                assert os.path.getsize(m.path / name) == len(content), name
+        os.unlink(small / "filler")
+        assert env.run("fsck", vault, "--passphrase-file", env.passfile).returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
