@@ -33,10 +33,12 @@ INFO_XATTR_VALUES = b"umbrafs v1 xattr values"  # DEK or dir key -> AES-GCM xatt
 INFO_VERSIONS = b"umbrafs v1 versions"  # root wrap key -> key of the versions journal (docs/versions.md)
 INFO_RESTORE = b"umbrafs v1 restore"  # root wrap key -> HMAC key of the restore-begin proof
 INFO_ROTATE_JOURNAL = b"umbrafs v1 rotation journal"  # root wrap key -> HMAC key of .umbrafs.rotate/
+INFO_ROTATE_REQUEST = b"umbrafs v1 rotate request"  # root wrap key -> HMAC key of the `rotate` control proof
 # AES-GCM associated data that is a fixed label rather than ids.
 OWNER_KEY_AAD = b"umbrafs v1 owner key"  # the owner key wrapped under the passphrase KEK (vault.json)
 FRAME_AAD = b"umbrafs v1 versions"  # each frame of a versions journal (same text as INFO_VERSIONS, by history)
 RESTORE_PROOF_PREFIX = "restore-begin|"  # the HMAC message: prefix || event source || "|" || pid
+ROTATE_PROOF_PREFIX = "rotate|"  # the HMAC message: prefix || mountpoint || "|" || pid
 
 SIV_KEY_LEN = 64  # AES-SIV with AES-256 takes two 256-bit keys
 
@@ -73,6 +75,14 @@ def journal_key(root_wrap_key: bytes) -> bytes:
     """MAC key of the rotation journal: it lies in the synced vault, and a replay of it writes
     into files, so only the owner's key may vouch for what it says."""
     return hkdf(root_wrap_key, INFO_ROTATE_JOURNAL)
+
+
+def rotate_proof(root_wrap_key: bytes, mountpoint: str, pid: int) -> str:
+    """What a `rotate` control request must carry for process *pid* at the mount on
+    *mountpoint* (fs/mount/control/rotate.py): re-keying breaks shares and rewrites the whole
+    subtree, so only a holder of the vault key may ask for it."""
+    message = f"{ROTATE_PROOF_PREFIX}{mountpoint}|{pid}".encode()
+    return hmac.new(hkdf(root_wrap_key, INFO_ROTATE_REQUEST), message, hashlib.sha256).hexdigest()
 
 
 def restore_proof(root_wrap_key: bytes, source: str, pid: int) -> str:

@@ -167,7 +167,7 @@ def test_resume_goes_to_the_live_mount(w: World) -> None:
         steps.close()
     assert rotate.pending(w.vault) is not None
     # alice's drive is mounted: --resume goes to the mount, which finishes the job.
-    result = w.alice.run("revoke", w.vault, "--resume", "--json")
+    result = w.alice.run("revoke", w.vault, "--resume", "--json", "--passphrase-file", w.alice.passfile)
     assert result.returncode == 0, result.stderr
     progress = json.loads(result.stdout)
     assert progress["state"] == "done" and progress["dirs_done"] >= 2

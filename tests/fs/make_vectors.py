@@ -80,6 +80,7 @@ DERIVED = {
     "INFO_ROOT_WRAP": ("owner_key", 32), "INFO_NAMES": ("dir_key", 64), "INFO_SYMLINKS": ("dir_key", 32),
     "INFO_XATTR_NAMES": ("dek", 64), "INFO_XATTR_VALUES": ("dek", 32), "INFO_VERSIONS": ("root_wrap_key", 32),
     "INFO_RESTORE": ("root_wrap_key", 32), "INFO_ROTATE_JOURNAL": ("root_wrap_key", 32),
+    "INFO_ROTATE_REQUEST": ("root_wrap_key", 32),
 }
 
 

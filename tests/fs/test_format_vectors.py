@@ -220,11 +220,13 @@ LABELS = [
     ("INFO_VERSIONS", b"umbrafs v1 versions", keys.versions_key),
     ("INFO_RESTORE", b"umbrafs v1 restore", keys.restore_key),
     ("INFO_ROTATE_JOURNAL", b"umbrafs v1 rotation journal", keys.journal_key),
+    ("INFO_ROTATE_REQUEST", b"umbrafs v1 rotate request", lambda k: keys.hkdf(k, keys.INFO_ROTATE_REQUEST)),
 ]
 AAD_LABELS = [
     ("OWNER_KEY_AAD", b"umbrafs v1 owner key"),
     ("FRAME_AAD", b"umbrafs v1 versions"),
     ("RESTORE_PROOF_PREFIX", "restore-begin|"),
+    ("ROTATE_PROOF_PREFIX", "rotate|"),
 ]
 
 

@@ -199,3 +199,22 @@ def test_unlock_sends_no_passphrase_to_a_socket_the_mount_does_not_serve(env: En
         impostor.kill()
         impostor.wait(timeout=10)
     assert PASSPHRASE.encode() not in (caught.read_bytes() if caught.exists() else b"")
+
+
+def test_the_rotate_request_needs_a_proof_made_with_the_vault_key(env: Env, mounted: Mount) -> None:
+    """Security review, finding 16: any process of the user could have the owner's mount
+    re-key any directory (root included: every share below it broken, the vault rewritten)."""
+    from fs.format.cryptocore import rotate_proof
+    from fs.vault import config as vault_mod
+
+    (mounted.path / "d").mkdir()
+    info = find_by_mountpoint(env.home, mounted.path)
+    assert info is not None
+    root_wrap_key = vault_mod.unlock(mounted.vault, PASSPHRASE.encode()).root_wrap_key
+    for proof in (None, "00" * 32, rotate_proof(root_wrap_key, info.mountpoint, os.getpid() + 1)):
+        message = {"type": "rotate", "reason": "malware"} | ({"proof": proof} if proof else {})
+        reply = request(info, message, 5.0)
+        assert reply["type"] == "error" and reply.get("code") == "refused", reply
+    assert not (mounted.vault / ".umbrafs.rotate").exists()
+    reply = request(info, {"type": "rotate", "proof": rotate_proof(root_wrap_key, info.mountpoint, os.getpid())}, 5.0)
+    assert reply["type"] == "rotating", reply  # with the vault key it is the owner asking (nothing pending: done at once)

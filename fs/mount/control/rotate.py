@@ -11,6 +11,7 @@ backing names, open directory listings, an open file's DEK, xattr ciphers.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from fs.format import cryptocore
 from fs.format import layout as fmt
 from fs.vault.rotate import engine as rotate
 from fs.mount.control.server import ControlRequestError, MountControl
@@ -117,6 +119,12 @@ async def rotate_request(ctl: MountControl, message: dict[str, Any]) -> dict[str
     if ops.read_only:
         raise ControlRequestError("read-only", "a read-only mount cannot rotate keys: unmount it and run the "
                                                "rotation offline (umbrafs revoke --resume VAULT)")
+    given = message.get("proof")
+    want = cryptocore.rotate_proof(ctl.vault.root_wrap_key, str(ctl.mountpoint), ctl.peer[0])
+    if not isinstance(given, str) or not hmac.compare_digest(given, want):
+        # Any process of the user can reach this socket; re-keying breaks shares and rewrites
+        # the subtree, so it takes the vault key (security review, finding 16).
+        raise ControlRequestError("refused", "rotate needs a proof made with the vault key")
     spec = _spec(message)
     if _task is not None and _task.running:
         return {"type": "rotating", "already": True, **_task.status()}

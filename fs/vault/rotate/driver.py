@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from fs.format.cryptocore import rotate_proof
 from fs.vault import config as vault_mod
 from fs.vault.rotate import engine
 from fs.vault.rotate.engine import RotationError, TargetSpec
@@ -62,7 +63,8 @@ def rotate(
     """Rotate *target* (None: finish a pending rotation) in the owner's mount or offline; the final
     progress as a dict.  RotationError if it did not finish (the journal stays for a resume).
 
-    Offline, *unlocked* is the vault (else *passphrase* is asked for it).  A Ctrl-C while the
+    *unlocked* is the vault (else *passphrase* is asked for it): offline it does the work, in the
+    mount it makes the proof the mount asks for.  A Ctrl-C while the
     mount rotates leaves the rotation running there: *on_detach(mountpoint)* says so, then the
     KeyboardInterrupt goes on."""
     view = progress or _Silent()
@@ -71,7 +73,12 @@ def rotate(
         if info.read_only:
             raise RotationError(f"{vault} is mounted read-only at {info.mountpoint}: unmount it (or mount "
                                 "it read-write) and run again")
-        out = _in_mount(info, target, reason, durable, view, on_detach)
+        if unlocked is None:  # the mount asks for a proof made with the vault key
+            if passphrase is None:
+                raise RotationError(f"rotating keys in the mount at {info.mountpoint} needs the vault's passphrase")
+            unlocked = vault_mod.unlock(vault, passphrase())
+        proof = rotate_proof(unlocked.root_wrap_key, info.mountpoint, os.getpid())
+        out = _in_mount(info, target, reason, durable, view, on_detach, proof)
     else:
         if unlocked is None:
             if passphrase is None:
@@ -86,8 +93,8 @@ def rotate(
 
 
 def _in_mount(info: MountInfo, target: TargetSpec | None, reason: str, durable: bool, view: ProgressView,
-              on_detach: Callable[[str], None]) -> dict[str, Any]:
-    message: dict[str, Any] = {"type": "rotate", "reason": reason, "durable": durable}
+              on_detach: Callable[[str], None], proof: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "rotate", "reason": reason, "durable": durable, "proof": proof}
     if target is not None:
         message["target"] = {"kind": target.kind, "backing_rel": target.backing_rel, "object_id": target.obj_id.hex()}
     try:
@@ -97,7 +104,7 @@ def _in_mount(info: MountInfo, target: TargetSpec | None, reason: str, durable: 
         if reply.get("already") and target is not None and reply.get("requested") != target.backing_rel:
             # Another rotation is running there: wait for it, then ask again for ours.
             _wait(info, view)
-            return _in_mount(info, target, reason, durable, view, on_detach)
+            return _in_mount(info, target, reason, durable, view, on_detach, proof)
         status = _wait(info, view)
     except MountControlError as exc:
         raise RotationError(f"lost the mount at {info.mountpoint} ({exc}); the journal in the vault stays: "
