@@ -95,6 +95,12 @@ def add_dir_slot(root_fd: int, rel: str, old_keys: DirKeys, new_keys: DirKeys) -
     key = old_keys.unwrap(header)
     old_index = header.find_slot(old_keys.dir_id)
     free = next(i for i in range(len(header.slots)) if i != old_index)
+    other = header.slots[free]
+    if other is not None and other.parent_id == header.obj_id:
+        # The previous key of a rotation in progress (its self slot): overwriting it would
+        # leave the entries still under their old names unreadable.  The rotation clears it
+        # within one step; the rename can be tried again then.
+        raise OSError(errno.EBUSY, "directory is being re-keyed")
     with backing.owner_writable(root_fd, rel):
         update_dir_slot(root_fd, rel, free, new_keys.wrap(fmt.KIND_DIR, header.obj_id, key))
 

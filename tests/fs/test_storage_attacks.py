@@ -5,6 +5,7 @@ the real CLI and a real mount, and shows the attack fails and loses nothing.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -364,3 +365,40 @@ def test_the_revoked_recipient_opens_nothing_after_the_rotation_despite_planted_
         for path, data in files.items():
             assert (m.path / path[1:]).read_bytes() == data, path
         assert os.getxattr(m.path / "D" / "xattr.txt", "user.note") == b"kept"
+
+
+def test_a_directory_being_re_keyed_is_not_moved_over_its_previous_key(mounted: Mount) -> None:
+    """Security review, finding 17: a directory rename wrote the new parent's slot into "the
+    other" slot even when it held a rotation's self slot (the previous key, still needed for
+    entries under their old names), which then were lost."""
+    from fs.format import cryptocore as keys
+    from fs.vault import config as vault_mod
+    from fs.vault import keywalk
+    from fs.vault.headers import read_dir_header
+
+    m = mounted.path
+    (m / "a" / "d").mkdir(parents=True)
+    (m / "a" / "d" / "f").write_text("kept\n")
+    (m / "b").mkdir()
+
+    def plant() -> None:  # as a rotation mid-way leaves it: the previous key in the free slot
+        unlocked = vault_mod.unlock(mounted.vault, PASSPHRASE.encode())
+        d = keywalk.find(unlocked, "/a/d")
+        root_fd = os.open(mounted.vault, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            header = read_dir_header(root_fd, d.backing_rel)
+        finally:
+            os.close(root_fd)
+        free = 1 if header.slots[0] is not None else 0
+        previous = keys.wrap_slot(d.key, d.obj_id, fmt.KIND_DIR, d.obj_id, os.urandom(32))
+        (mounted.vault / d.backing_rel / fmt.DIR_HEADER_NAME).write_bytes(header.with_slot(free, previous).pack())
+
+    _offline(mounted, plant)
+    try:
+        os.rename(m / "a" / "d", m / "b" / "d")
+        moved = True
+    except OSError as exc:
+        assert exc.errno == errno.EBUSY, exc
+        moved = False
+    assert not moved
+    assert (m / "a" / "d" / "f").read_text() == "kept\n"
