@@ -22,8 +22,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
-import struct
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,7 +45,7 @@ from daemon.paths import (
 )
 from wire.errors import DaemonError
 from wire.mountsock import find_by_source
-from wire.procfs import pid_alive
+from wire.procfs import peer_credentials, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -284,10 +282,7 @@ class Daemon:
 
 
 def _peer(writer: asyncio.StreamWriter) -> tuple[int, int]:
-    sock = writer.get_extra_info("socket")
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _ = struct.unpack("3i", creds)
-    return pid, uid
+    return peer_credentials(writer.get_extra_info("socket"))
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

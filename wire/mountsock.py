@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Iterator
 
 from wire import daemonsock as protocol
 from wire.errors import MountControlError
-from wire.procfs import mounted_paths, pid_alive, serves_fuse
+from wire.procfs import mounted_paths, peer_credentials, pid_alive, serves_fuse
 
 MOUNTS_DIR = "mounts"
 # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/<dir fd>/<name>.
@@ -184,8 +183,7 @@ def _check_server(sock: socket.socket, control: str, server_pid: int) -> None:
     """The socket is served by the mount's own process: a same-uid process that replaced the
     socket (or the record's `control` field) after a lock must not be handed a passphrase
     (security review, finding 13)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _ = struct.unpack("3i", creds)
+    pid, uid = peer_credentials(sock)
     if uid not in (os.geteuid(), 0) or pid != server_pid or not serves_fuse(pid):
         raise MountControlError(f"{control} is served by pid {pid} (uid {uid}), not by the mount's process "
                                 f"{server_pid}: nothing sent")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import struct
 import time
 
 TTL = 2.0
@@ -88,3 +90,10 @@ def serves_fuse(pid: int) -> bool:
             if os.readlink(f"{fd_dir}/{name}") == "/dev/fuse":
                 return True
     return False
+
+
+def peer_credentials(sock: "socket.socket") -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a connected unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _ = struct.unpack("3i", creds)
+    return pid, uid

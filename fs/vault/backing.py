@@ -28,7 +28,7 @@ IS_ROOT = os.geteuid() == 0
 _SYS_OPENAT2 = 437  # one number on every architecture (the syscall came after the unified table)
 _RESOLVE = 0x02 | 0x04 | 0x08  # RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
 _libc.syscall.restype = ctypes.c_long
-_DIR_WALK = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a directory, never via a symlink
 
 
 class _OpenHow(ctypes.Structure):
@@ -59,7 +59,7 @@ def open_beneath(root_fd: int, rel: str, flags: int, mode: int = 0) -> int:
     cur = os.dup(root_fd)
     try:
         for part in dirs:
-            nxt = os.open(part, _DIR_WALK, dir_fd=cur)
+            nxt = os.open(part, DIR_NOFOLLOW, dir_fd=cur)
             os.close(cur)
             cur = nxt
         return os.open(last, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=cur)
@@ -149,6 +149,17 @@ def read_small_file(root_fd: int, rel: str, limit: int = SMALL_FILE_MAX) -> byte
     if len(data) > limit:
         raise IntegrityError(f"{rel}: larger than {limit} bytes")
     return data
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
+    """pwrite until all of *data* is written: a short write (a disk filling up) left unnoticed
+    would leave a block cut short, which reads as EIO.  ENOSPC once nothing more fits."""
+    mv = memoryview(data)
+    while mv:
+        n = os.pwrite(fd, mv, off)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        mv, off = mv[n:], off + n
 
 
 def unlink_quiet(root_fd: int, rel: str) -> None:

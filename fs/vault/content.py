@@ -16,6 +16,7 @@ import errno
 import os
 
 from fs.format import blocks, cryptocore
+from fs.vault import backing
 from fs.format import layout as fmt
 from fs.errors import UmbrafsError
 
@@ -123,11 +124,11 @@ class OpenFile:
         # half-way: keep their ciphertext to put back (it fits where it was).
         saved = os.pread(self.fd, old_end - start, start) if new_size > old_size and start < old_end else b""
         try:
-            _pwrite_all(self.fd, cipher, start)
+            backing.pwrite_all(self.fd, cipher, start)
         except OSError:
             if new_size > old_size:  # it grew the file: back to what was there
                 with contextlib.suppress(OSError):
-                    _pwrite_all(self.fd, saved, start)
+                    backing.pwrite_all(self.fd, saved, start)
                     os.ftruncate(self.fd, old_end)
             raise
         if 0 <= old_last < first:
@@ -141,7 +142,7 @@ class OpenFile:
             plain += bytes(want - len(plain))
         else:
             del plain[want:]
-        _pwrite_all(self.fd, self._encrypt_blocks(block_no, plain, new_size), fmt.block_offset(block_no, self.header_len))
+        backing.pwrite_all(self.fd, self._encrypt_blocks(block_no, plain, new_size), fmt.block_offset(block_no, self.header_len))
 
     def truncate(self, new_size: int) -> None:
         if new_size > fmt.MAX_FILE_SIZE:
@@ -175,13 +176,3 @@ class OpenFile:
         for first in range(0, last + 1, step):
             self._decrypt_blocks(first, min(first + step - 1, last), size)
 
-
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
-    """pwrite until all of *data* is written: a short write (a disk filling up) left unnoticed
-    would leave a block cut short, which reads as EIO.  ENOSPC once nothing more fits."""
-    mv = memoryview(data)
-    while mv:
-        n = os.pwrite(fd, mv, off)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        mv, off = mv[n:], off + n

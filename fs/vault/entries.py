@@ -27,7 +27,6 @@ from fs.vault import backing
 from fs.vault.backing import join
 from fs.vault.headers import DirKeys
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # -- long names ---------------------------------------------------------------------
@@ -130,7 +129,7 @@ def sweep_sidecars(root_fd: int, parent_rel: str, *, names: bool = False) -> Non
     A live mount sweeps link sidecars only: another writer (a sync tool) may bring a name's
     sidecar before its entry.  A rotation holds the directory and sweeps both."""
     try:
-        fd = os.open(parent_rel, _DIR_FLAGS, dir_fd=root_fd)
+        fd = os.open(parent_rel, backing.DIR_NOFOLLOW, dir_fd=root_fd)
     except FileNotFoundError:
         return
     try:

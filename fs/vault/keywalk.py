@@ -20,6 +20,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from fs.vault import backing
 from fs.vault.backing import join, safe_rel as _safe_rel
 from fs.vault.entries import read_c_name
 from fs.errors import IntegrityError, NotAVault, UmbrafsError
@@ -30,7 +31,6 @@ from fs.vault.config import UnlockedVault
 KIND_DIR = "dir"
 KIND_FILE = "file"
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class PathNotFound(NotAVault):
@@ -163,7 +163,7 @@ def _obj_id(fd: int, rel: str, kind: str) -> bytes | None:
 def _tree(fd: int, rel: str) -> Iterator[tuple[str, bool]]:
     """Every (backing path, is_dir) below *rel*, depth first, never following symlinks."""
     try:
-        dir_fd = os.open(rel, _DIR_FLAGS, dir_fd=fd)
+        dir_fd = os.open(rel, backing.DIR_NOFOLLOW, dir_fd=fd)
     except OSError:
         return
     try:
@@ -207,7 +207,7 @@ def open_dir(vault_path: os.PathLike[str] | str, rel: str) -> int:
         return fd
     try:
         for part in rel.split("/"):
-            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            child = os.open(part, backing.DIR_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = child
     except OSError as exc:

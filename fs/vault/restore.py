@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fs.vault import backing
 from fs.vault import keywalk
 from fs.vault import versions as ver
 from fs.vault.content import OpenFile
@@ -36,7 +37,6 @@ STEP_RESTORE = "restore"
 STEP_MOVE = "move"
 STEP_REMOVE = "remove"
 _CHUNK = 1 << 20
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,16 +176,16 @@ class MountExecutor:
         parts = [os.fsdecode(p) for p in keywalk.split_plain(path)]
         if not parts:
             raise OSError(errno.EINVAL, "the root of the drive is not restored", path)
-        fd = os.open(self.mountpoint, _DIR_FLAGS)
+        fd = os.open(self.mountpoint, backing.DIR_NOFOLLOW)
         try:
             for part in parts[:-1]:
                 try:
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    nxt = os.open(part, backing.DIR_NOFOLLOW, dir_fd=fd)
                 except FileNotFoundError:
                     if not create:
                         raise
                     os.mkdir(part, 0o755, dir_fd=fd)
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    nxt = os.open(part, backing.DIR_NOFOLLOW, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
         except BaseException:

@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import socket
-import struct
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import trio
 from wire import daemonsock as protocol
 from wire.clock import now_ns
 from wire.mountsock import socket_address
+from wire.procfs import peer_credentials
 
 from fs.mount import lockdown
 from wire.sink import EventSink
@@ -268,8 +268,7 @@ class MountControl:
 
     async def _client(self, stream: trio.SocketStream) -> None:
         try:
-            creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, _ = struct.unpack("3i", creds)
+            pid, uid = peer_credentials(stream.socket)
             if uid not in (os.getuid(), 0):
                 log.warning("control: refused a connection from uid %d (pid %d)", uid, pid)
                 return

@@ -47,13 +47,15 @@ from fs.vault.headers import DirKeys, owner_keys, read_dir_header, read_file_hea
 from fs.format.links import TMP_PREFIX
 from fs.format.names import backing_name, is_reserved
 from fs.format.xattrs import PREFIX as XATTR_PREFIX
-from fs.vault.rotate.journal import JOURNAL_DIR, ForeignJournal, Journal, RotationError, _write_all
+from fs.vault.rotate.journal import JOURNAL_DIR, ForeignJournal, Journal, RotationError
 
 __all__ = ["JOURNAL_DIR", "Hooks", "Journal", "Progress", "Renamed", "Rotation", "RotationError", "TargetSpec",
            "object_ids", "pending", "repair", "run_offline"]
 from fs.format.xattrs import XattrCipher
 
 log = logging.getLogger(__name__)
+# Every in-place write of a rotation step (tests/fs/test_rotate.py tears one to play a kill -9 mid-write).
+_write_all = backing.pwrite_all
 
 _DIR_HEADER_TMP = ".umbrafs.dir.rotate"
 # Ciphertext bytes per step: large enough that the two fdatasyncs of a step cost little next to
@@ -65,7 +67,6 @@ _MAX_BACKING = fmt.cipher_size(fmt.MAX_FILE_SIZE, fmt.FILE_HEADER_LEN)  # bound 
 BATCH_FILES = 64
 KIND_DIR = "dir"
 KIND_FILE = "file"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(slots=True)
@@ -451,7 +452,7 @@ class Rotation:
         old, new = DirKeys(dir_id, old_key), DirKeys(dir_id, new_key)
         with backing.owner_writable(self.root_fd, rel):  # a read-only directory's entries get renamed too
             renames = self._rename_entries(rel, old, new)
-        dir_fd = os.open(rel, _DIR_FLAGS, dir_fd=self.root_fd)
+        dir_fd = os.open(rel, backing.DIR_NOFOLLOW, dir_fd=self.root_fd)
         try:
             self._rekey_xattrs(dir_fd, XattrCipher(old_key, dir_id), XattrCipher(new_key, dir_id), rel)
             if self.durable:
@@ -681,7 +682,7 @@ class Rotation:
         if rel is None:
             return False
         with contextlib.suppress(OSError):
-            fd = os.open(rel, _DIR_FLAGS, dir_fd=self.root_fd)
+            fd = os.open(rel, backing.DIR_NOFOLLOW, dir_fd=self.root_fd)
             try:
                 with os.scandir(fd) as it:
                     for entry in it:
@@ -986,7 +987,7 @@ def _write_user_xattrs(fd: int, xattrs: list[tuple[str, bytes, bytes]], cipher: 
 def _entries(root_fd: int, rel: str, reserved: bool = False) -> list[tuple[str, bool]]:
     """(name, is_dir) of a backing directory, sorted; plaintext entries only unless *reserved*."""
     try:
-        fd = os.open(rel, _DIR_FLAGS, dir_fd=root_fd)
+        fd = os.open(rel, backing.DIR_NOFOLLOW, dir_fd=root_fd)
     except FileNotFoundError:
         return []
     try:

@@ -39,7 +39,6 @@ LOG_NAME = "log"
 REDO_NAME = "redo"
 _REDO_MAGIC = b"umbrafs-redo-2\n\0"  # 16 bytes
 _REDO_HEAD = struct.Struct(">16sQ32s")  # magic, body length, HMAC of nonce + body
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LINE_TAG = 32  # hex digits of a log line's MAC (128 bits)
 JOB_MAX = 1 << 16
 LOG_MAX = 64 << 20  # one line per file: millions of files before this
@@ -77,7 +76,7 @@ class Journal:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(JOURNAL_DIR, 0o700, dir_fd=self.root_fd)
             try:
-                fd = os.open(JOURNAL_DIR, _DIR_FLAGS, dir_fd=self.root_fd)
+                fd = os.open(JOURNAL_DIR, backing.DIR_NOFOLLOW, dir_fd=self.root_fd)
             except OSError as exc:  # ELOOP/ENOTDIR: something else was planted under our name
                 if exc.errno == errno.ENOENT:
                     raise
@@ -297,15 +296,9 @@ def _pwritev_all(fd: int, buffers: list[bytes], off: int) -> int:
     total = sum(len(b) for b in buffers)
     n = os.pwritev(fd, buffers, off)
     if n < total:  # short write (rare): finish the rest plainly
-        _write_all(fd, b"".join(buffers)[n:], off + n)
+        backing.pwrite_all(fd, b"".join(buffers)[n:], off + n)
     return total
 
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
-    mv = memoryview(data)
-    while mv:
-        n = os.pwrite(fd, mv, off)
-        mv, off = mv[n:], off + n
 
 
 class ForeignJournal(RotationError):
@@ -333,7 +326,7 @@ def _write_durable(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> No
     tmp = f"{name}.{secrets.token_hex(8)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
-        _write_all(fd, data, 0)
+        backing.pwrite_all(fd, data, 0)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -341,7 +334,7 @@ def _write_durable(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> No
 
 
 def _fsync_dir(root_fd: int, rel: str) -> None:
-    fd = os.open(rel, _DIR_FLAGS, dir_fd=root_fd)
+    fd = os.open(rel, backing.DIR_NOFOLLOW, dir_fd=root_fd)
     try:
         os.fsync(fd)
     finally:
